@@ -1,0 +1,33 @@
+# `make run` and `make test` work on a fresh clone: they create .venv (if missing) and install into it.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+WORK_DIR ?= petpipe-work
+PYTEST_ARGS ?=
+
+.PHONY: run test lint format install clean
+
+$(BIN)/petpipe: setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(BIN)/petpipe
+
+run: install
+	$(BIN)/petpipe run --work-dir $(WORK_DIR)
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(WORK_DIR) build *.egg-info .pytest_cache

@@ -1,0 +1,1 @@
+"""Scripts that measure; never run by the test suite."""

@@ -1,0 +1,138 @@
+"""Export: a versioned SavedModel for TensorFlow Serving at `<serving_dir>/<model_name>/<version>/`.
+
+Signatures (both with the same outputs):
+  serving_default   image_bytes: tf.string [N] — JPEG/PNG/GIF/BMP file contents
+  predict_examples  examples:    tf.string [N] — serialized tf.train.Example with image/encoded
+Outputs: species_probs [N,S], species [N], <species>_breed_probs [N,B_s] (conditional on the species),
+breed_probs [N,B] (joint p(species)·p(breed|species), global CLASS-ID order, sums to 1), and the answer decoded
+top-down by components.model.hierarchical_answer: species [N], breed [N] (a breed of that species),
+top_k_breeds [N,k] and top_k_scores [N,k] (joint probabilities). Label names are read from assets/ (breeds.txt,
+species.txt).
+
+The version is written under a staging name that TF Serving ignores (not an integer) and renamed into place,
+so a watching server never sees a partial model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import uuid
+
+import tensorflow as tf
+
+from components.model import SPECIES_HEAD, breed_head, hierarchical_answer
+from components.preprocess import decode_and_resize
+from schemas import IMAGE_ENCODED, Hierarchy
+
+IMAGE_BYTES_INPUT = "image_bytes"
+EXAMPLES_INPUT = "examples"
+DEFAULT_SIGNATURE = "serving_default"
+EXAMPLES_SIGNATURE = "predict_examples"
+STAGING_PREFIX = "_staging-"
+_VERSION_DIR = re.compile(r"^\d+$")
+
+
+def _label_table(path: str) -> tf.lookup.StaticHashTable:
+    """Line number → line text, read from a vocabulary file that is saved as a SavedModel asset."""
+    initializer = tf.lookup.TextFileInitializer(
+        path, tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER, tf.string, tf.lookup.TextFileIndex.WHOLE_LINE
+    )
+    return tf.lookup.StaticHashTable(initializer, default_value="")
+
+
+class ServingModule(tf.Module):
+    """The multi-head Keras model wrapped with in-graph decoding and named, labelled outputs."""
+
+    def __init__(self, model, hierarchy: Hierarchy, image_size: int, top_k: int, vocab_dir: str):
+        super().__init__()
+        self.model = model
+        self._hierarchy = hierarchy
+        self._image_size = image_size
+        self._top_k = top_k
+        self.breed_names = _label_table(os.path.join(vocab_dir, "breeds.txt"))
+        self.species_names = _label_table(os.path.join(vocab_dir, "species.txt"))
+
+    def _predict_from_bytes(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
+        size = self._image_size
+        images = tf.map_fn(
+            lambda data: decode_and_resize(data, size),
+            image_bytes,
+            fn_output_signature=tf.TensorSpec([size, size, 3], tf.uint8),
+        )
+        outputs = self.model(tf.cast(images, tf.float32), training=False)
+        answer = hierarchical_answer(outputs, self._hierarchy, self._top_k)
+        result = {
+            "species_probs": outputs[SPECIES_HEAD],
+            "species": self.species_names.lookup(tf.cast(answer["species"], tf.int64)),
+            "breed_probs": answer["breed_probs"],
+            "breed": self.breed_names.lookup(tf.cast(answer["breed"], tf.int64)),
+            "top_k_breeds": self.breed_names.lookup(tf.cast(answer["top_k_breeds"], tf.int64)),
+            "top_k_scores": answer["top_k_scores"],
+        }
+        for species in self._hierarchy.species:
+            result[f"{breed_head(species)}_probs"] = outputs[breed_head(species)]
+        return result
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=IMAGE_BYTES_INPUT)])
+    def serve_image_bytes(self, image_bytes):
+        return self._predict_from_bytes(image_bytes)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)])
+    def serve_examples(self, examples):
+        parsed = tf.io.parse_example(examples, {IMAGE_ENCODED: tf.io.FixedLenFeature([], tf.string)})
+        return self._predict_from_bytes(parsed[IMAGE_ENCODED])
+
+
+def existing_versions(model_base_path: str) -> list[int]:
+    """Integer version directories under a model base path, ascending (TF Serving's notion of versions)."""
+    if not tf.io.gfile.isdir(model_base_path):
+        return []
+    names = (name.rstrip("/") for name in tf.io.gfile.listdir(model_base_path))
+    return sorted(int(name) for name in names if _VERSION_DIR.match(name))
+
+
+def export_model(
+    model,
+    hierarchy: Hierarchy,
+    model_base_path: str,
+    image_size: int,
+    top_k: int = 5,
+    metadata: dict | None = None,
+) -> tuple[int, str]:
+    """Save a new version atomically; returns (version, path). Versions increase strictly: max existing + 1."""
+    tf.io.gfile.makedirs(model_base_path)
+    staging = os.path.join(model_base_path, f"{STAGING_PREFIX}{uuid.uuid4().hex}")
+    with tempfile.TemporaryDirectory() as vocab_dir:
+        with open(os.path.join(vocab_dir, "breeds.txt"), "w") as f:
+            f.write("".join(f"{name}\n" for name in hierarchy.breed_names))
+        with open(os.path.join(vocab_dir, "species.txt"), "w") as f:
+            f.write("".join(f"{name}\n" for name in hierarchy.species))
+        module = ServingModule(model, hierarchy, image_size, top_k, vocab_dir)
+        signatures = {
+            DEFAULT_SIGNATURE: module.serve_image_bytes.get_concrete_function(),
+            EXAMPLES_SIGNATURE: module.serve_examples.get_concrete_function(),
+        }
+        try:
+            tf.saved_model.save(module, staging, signatures=signatures)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    extra = os.path.join(staging, "assets.extra")
+    tf.io.gfile.makedirs(extra)
+    with tf.io.gfile.GFile(os.path.join(extra, "petpipe.json"), "w") as f:
+        f.write(json.dumps(metadata or {}, indent=2, sort_keys=True, default=str))
+    # rename() onto an existing directory fails, so a concurrent export that took the same number retries.
+    for _ in range(100):
+        version = max(existing_versions(model_base_path), default=0) + 1
+        path = os.path.join(model_base_path, str(version))
+        try:
+            os.rename(staging, path)
+            return version, path
+        except OSError:
+            if not os.path.exists(path):
+                raise
+    raise RuntimeError(f"{model_base_path}: could not claim a version number")

@@ -1,0 +1,176 @@
+"""`petpipe` command line: make-data, run, serve, predict.
+
+`petpipe run` passes every flag it does not know to Apache Beam unchanged (--runner, --direct_num_workers,
+--direct_running_mode, Dataflow/Flink options, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from pipeline.errors import PetpipeError
+
+log = logging.getLogger("petpipe")
+
+RUN_EPILOG = """\
+Beam options: any flag not listed above goes to Apache Beam as is. Without --runner (or with
+--runner=DirectRunner) the pipeline runs locally on Beam's FnApiRunner, never downloading the Prism runner.
+Examples:
+  petpipe run                                   # generate the embedded data set and run everything
+  petpipe run --data-dir ~/oxford-iiit-pet      # the real download, unpacked (images/, annotations/)
+  petpipe run --set train.epochs=3 --set preprocess.image_size=96
+  petpipe run --direct_running_mode=multi_processing --direct_num_workers=2
+"""
+
+
+class _QuietBeam(logging.Filter):
+    """Drops Beam's import-time warnings (e.g. about missing GCP clients) that are logged on the root logger."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or "apache_beam" not in record.pathname
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
+    if verbose:
+        return
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_QuietBeam())
+    # Beam, TF and absl are chatty at INFO; our own stage logs carry the progress.
+    for noisy in ("apache_beam", "absl", "tensorflow", "h5py"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Beam logs a failing element's traceback here before re-raising the error, which we report in one line.
+    logging.getLogger("apache_beam.runners.common").setLevel(logging.CRITICAL)
+
+
+def _make_data(args) -> int:
+    from datasources.synthetic_pets import make_dataset
+    from pipeline.run import progress_logger
+
+    counts = make_dataset(args.out, per_breed=args.per_breed, seed=args.seed, progress=progress_logger("make-data"))
+    print(f"wrote {counts['trainval']} trainval and {counts['test']} test images to {args.out}")
+    return 0
+
+
+def _run(args, beam_args: list[str]) -> int:
+    from pipeline.config import load_config
+    from pipeline.run import run_pipeline
+
+    overrides = list(args.set)
+    if args.data_dir:
+        overrides.append(f"data.data_dir={args.data_dir}")
+    if args.work_dir:
+        overrides.append(f"work_dir={args.work_dir}")
+    if args.serving_dir:
+        overrides.append(f"export.serving_dir={args.serving_dir}")
+    config = load_config(args.config, overrides)
+    summary = run_pipeline(config, beam_args)
+    print("\n".join(["", "petpipe run: done"] + summary.lines()))
+    return 0
+
+
+def _serve(args) -> int:
+    import signal
+
+    from serving.server import start_server
+
+    if not os.path.isdir(args.model_base_path):
+        raise PetpipeError(f"{args.model_base_path}: model base path not found (expected <version>/saved_model.pb)")
+    server = start_server(args.model_base_path, args.model_name, args.host, args.port, args.poll_seconds)
+    log.info("gRPC on %s:%d, model %r from %s", args.host, server.port, args.model_name, args.model_base_path)
+    signal.signal(signal.SIGTERM, lambda *_: server.stop())
+    try:
+        server.wait()
+    except KeyboardInterrupt:
+        server.stop()
+    return 0
+
+
+def _predict(args) -> int:
+    from serving.client import format_answer, predict_images
+
+    images = []
+    for path in args.images:
+        try:
+            with open(path, "rb") as f:
+                images.append(f.read())
+        except OSError as exc:
+            raise PetpipeError(f"{path}: cannot read image: {exc.strerror}") from None
+    answers = predict_images(args.server, images, args.model_name, args.signature, args.timeout)
+    for path, answer in zip(args.images, answers, strict=True):
+        print(format_answer(path, answer))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="petpipe", description="Train and serve a species → breed pet classifier (Beam + TensorFlow)."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    make_data = commands.add_parser(
+        "make-data", help="write the embedded synthetic data set in the Oxford-IIIT Pet raw layout"
+    )
+    make_data.add_argument("--out", required=True, help="output directory (images/, annotations/)")
+    make_data.add_argument("--per-breed", type=int, default=60, help="images per breed (default 60; 37 breeds)")
+    make_data.add_argument("--seed", type=int, default=0, help="random seed; same seed, same files")
+
+    run = commands.add_parser(
+        "run",
+        help="run the whole pipeline: data → ingest → preprocess → train → evaluate → export → gRPC smoke query",
+        epilog=RUN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("--config", help="TOML config file (sections data, preprocess, train, export)")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.epochs=3")
+    run.add_argument("--data-dir", help="Oxford-IIIT Pet layout to ingest (default: generate the embedded data set)")
+    run.add_argument("--work-dir", help="where data, TFRecords and metrics go (default petpipe-work)")
+    run.add_argument("--serving-dir", help="TF Serving model root (default <work-dir>/serving)")
+
+    serve = commands.add_parser("serve", help="serve a model directory over TF Serving's gRPC API")
+    serve.add_argument("--model-base-path", required=True, help="directory holding <version>/ SavedModels")
+    serve.add_argument("--model-name", default="pets", help="name clients put in model_spec.name (default pets)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, local only)")
+    serve.add_argument("--port", type=int, default=8500, help="gRPC port (default 8500, as TF Serving)")
+    serve.add_argument("--poll-seconds", type=float, default=1.0, help="how often to look for new versions")
+
+    predict = commands.add_parser("predict", help="ask a TF Serving (or petpipe serve) server about images")
+    predict.add_argument("images", nargs="+", metavar="IMAGE", help="JPEG or PNG files")
+    predict.add_argument("--server", default="127.0.0.1:8500", help="HOST:PORT of the gRPC server")
+    predict.add_argument("--model-name", default="pets")
+    predict.add_argument("--signature", default="serving_default")
+    predict.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and args.command != "run":
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    _setup_logging(args.verbose)
+    try:
+        if args.command == "make-data":
+            return _make_data(args)
+        if args.command == "run":
+            return _run(args, unknown)
+        if args.command == "serve":
+            return _serve(args)
+        return _predict(args)
+    except PetpipeError as exc:
+        print(f"petpipe: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("petpipe: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

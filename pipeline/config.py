@@ -1,0 +1,190 @@
+"""One frozen, typed configuration for every stage: defaults here, overridden by a TOML file, then by flags.
+
+Each stage receives only its own section (DataConfig, PreprocessConfig, ...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the raw Oxford-IIIT-Pet-layout data comes from, and how trainval is split."""
+
+    data_dir: str | None = None  # None: generate the embedded synthetic data set under work_dir/data
+    per_breed: int = 60  # images per breed when generating
+    seed: int = 0
+    eval_fraction: float = 0.1  # share of trainval that goes to the eval split, chosen by a hash of the name
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    image_size: int = 64  # square side in pixels; aspect is kept by letterboxing (see components/preprocess.py)
+    jpeg_quality: int = 95
+    num_shards: int = 2  # TFRecord shards per split
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 18
+    batch_size: int = 32
+    learning_rate: float = 2e-3
+    shuffle_buffer: int = 2048
+    seed: int = 0
+    filters: tuple[int, ...] = (24, 48, 96, 192)  # backbone widths: strided stem, then conv + max-pool each
+    dropout: float = 0.2
+    breed_loss_weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    serving_dir: str | None = None  # None: work_dir/serving
+    model_name: str = "pets"
+    top_k: int = 5
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    work_dir: str = "petpipe-work"
+    data: DataConfig = field(default_factory=DataConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+    @property
+    def tfrecord_dir(self) -> str:
+        return str(Path(self.work_dir) / "tfrecords")
+
+    @property
+    def serving_dir(self) -> str:
+        return self.export.serving_dir or str(Path(self.work_dir) / "serving")
+
+    @property
+    def model_base_path(self) -> str:
+        return str(Path(self.serving_dir) / self.export.model_name)
+
+
+def _coerce(value, annotation, where: str):
+    """Convert a TOML or flag value to the field's declared type, or raise ConfigError naming the field."""
+    hint = annotation
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "")):
+            return None
+        hint = options[0]
+        origin = typing.get_origin(hint)
+    if origin is tuple:
+        (item_type, _) = typing.get_args(hint)
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return tuple(_coerce(v, item_type, where) for v in items)
+    try:
+        if hint is bool:
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                return value.lower() in ("true", "1", "yes")
+            return bool(value)
+        if hint is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError(value)
+        return hint(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}") from None
+
+
+def _apply(obj, updates: dict, where: str):
+    """A copy of dataclass `obj` with nested `updates` applied; unknown keys are errors."""
+    hints = typing.get_type_hints(type(obj))
+    changes = {}
+    for key, value in updates.items():
+        path = f"{where}.{key}" if where else key
+        if key not in hints:
+            known = ", ".join(f.name for f in dataclasses.fields(obj))
+            raise ConfigError(f"unknown config key {path!r} (known here: {known})")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{path}: is a section; set its keys, e.g. {path}.<key>=...")
+            changes[key] = _apply(current, value, path)
+        else:
+            changes[key] = _coerce(value, hints[key], path)
+    return dataclasses.replace(obj, **changes)
+
+
+def _parse_assignment(text: str) -> dict:
+    """'train.epochs=3' → {'train': {'epochs': '3'}}."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects KEY=VALUE (e.g. train.epochs=3), got {text!r}")
+    dotted, value = text.split("=", 1)
+    nested: dict = {}
+    node = nested
+    *parents, leaf = dotted.strip().split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value.strip()
+    return nested
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(path: str | None = None, overrides: typing.Iterable[str] = ()) -> PipelineConfig:
+    """Defaults, then the TOML file at `path` (if any), then `overrides` like 'train.epochs=3'."""
+    updates: dict = {}
+    if path:
+        try:
+            with open(path, "rb") as f:
+                updates = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    for assignment in overrides:
+        updates = _merge(updates, _parse_assignment(assignment))
+    config = _apply(PipelineConfig(), updates, "")
+    validate(config)
+    return config
+
+
+def validate(config: PipelineConfig) -> None:
+    checks = [
+        (config.data.per_breed >= 2, "data.per_breed must be at least 2"),
+        (0.0 <= config.data.eval_fraction < 1.0, "data.eval_fraction must be in [0, 1)"),
+        (8 <= config.preprocess.image_size <= 1024, "preprocess.image_size must be in [8, 1024]"),
+        (1 <= config.preprocess.jpeg_quality <= 100, "preprocess.jpeg_quality must be in [1, 100]"),
+        (config.preprocess.num_shards >= 1, "preprocess.num_shards must be at least 1"),
+        (config.train.epochs >= 1, "train.epochs must be at least 1"),
+        (config.train.batch_size >= 1, "train.batch_size must be at least 1"),
+        (config.train.learning_rate > 0, "train.learning_rate must be positive"),
+        (len(config.train.filters) >= 1, "train.filters needs at least one width"),
+        (0.0 <= config.train.dropout < 1.0, "train.dropout must be in [0, 1)"),
+        (config.export.top_k >= 1, "export.top_k must be at least 1"),
+        (
+            config.export.model_name.replace("_", "").replace("-", "").isalnum(),
+            "export.model_name: letters, digits, - and _ only",
+        ),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def to_dict(config) -> dict:
+    return dataclasses.asdict(config)

@@ -1,0 +1,1 @@
+"""TF Serving-compatible gRPC server (stand-in for tensorflow_model_server) and client."""

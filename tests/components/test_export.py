@@ -1,0 +1,62 @@
+import io
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from components.export import EXAMPLES_SIGNATURE, STAGING_PREFIX, existing_versions, export_model
+from components.preprocess import make_example
+
+
+def _png(color, size=(40, 30)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_layout_and_versions_increase(small_model, hierarchy, tmp_path):
+    base = str(tmp_path / "pets")
+    os.makedirs(os.path.join(base, f"{STAGING_PREFIX}leftover"))  # a killed export's staging dir
+    os.makedirs(os.path.join(base, "7"))
+    assert existing_versions(base) == [7]
+    version, path = export_model(small_model, hierarchy, base, image_size=32)
+    assert (version, path) == (8, os.path.join(base, "8"))
+    assert os.path.isfile(os.path.join(path, "saved_model.pb"))
+    assert os.path.isfile(os.path.join(path, "assets.extra", "petpipe.json"))
+    with open(os.path.join(path, "assets", "breeds.txt")) as f:
+        assert f.read().splitlines() == hierarchy.breed_names
+    assert export_model(small_model, hierarchy, base, image_size=32)[0] == 9
+    assert not [n for n in os.listdir(base) if n.startswith(STAGING_PREFIX) and n != f"{STAGING_PREFIX}leftover"]
+
+
+def test_serving_signature_outputs(exported_model, hierarchy):
+    _, _, path = exported_model
+    loaded = tf.saved_model.load(path)
+    serve = loaded.signatures["serving_default"]
+    assert list(serve.structured_input_signature[1]) == ["image_bytes"]
+    images = [_png((200, 30, 30)), _png((20, 200, 30), size=(80, 20)), _png((10, 10, 10), size=(5, 90))]
+    out = {k: v.numpy() for k, v in serve(image_bytes=tf.constant(images)).items()}
+    assert out["species_probs"].shape == (3, 2) and out["breed_probs"].shape == (3, 37)
+    assert out["cat_breed_probs"].shape == (3, 12) and out["dog_breed_probs"].shape == (3, 25)
+    np.testing.assert_allclose(out["breed_probs"].sum(axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(out["species_probs"].sum(axis=1), 1.0, rtol=1e-5)
+    assert out["top_k_breeds"].shape == (3, 5) and out["top_k_scores"].shape == (3, 5)
+    for i in range(3):
+        breed = hierarchy.by_name[out["breed"][i].decode()]
+        assert out["top_k_breeds"][i][0].decode() == breed.name
+        assert out["top_k_scores"][i][0] == pytest.approx(out["breed_probs"][i][breed.global_index])
+        species = out["species"][i].decode()
+        assert species == hierarchy.species[int(np.argmax(out["species_probs"][i]))]
+        assert all(hierarchy.by_name[b.decode()].species == species for b in out["top_k_breeds"][i])
+
+
+def test_examples_signature_matches_image_signature(exported_model, hierarchy):
+    _, _, path = exported_model
+    loaded = tf.saved_model.load(path)
+    image = _png((120, 80, 40))
+    example = make_example("Bengal_1", 5, 0, 1, image, hierarchy).SerializeToString()
+    from_examples = loaded.signatures[EXAMPLES_SIGNATURE](examples=tf.constant([example]))
+    from_bytes = loaded.signatures["serving_default"](image_bytes=tf.constant([image]))
+    np.testing.assert_allclose(from_examples["breed_probs"].numpy(), from_bytes["breed_probs"].numpy(), rtol=1e-6)

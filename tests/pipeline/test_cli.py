@@ -1,0 +1,98 @@
+import os
+
+import pytest
+from apache_beam.runners.portability import prism_runner
+
+from pipeline.cli import main
+
+
+def _no_prism(*args, **kwargs):
+    raise AssertionError("the Prism runner (which downloads a binary) must never be constructed")
+
+
+def test_run_on_tiny_data_prints_summary_and_never_touches_prism(tiny_data, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(prism_runner.PrismRunner, "__init__", _no_prism)
+    work = tmp_path / "work"
+    code = main(
+        [
+            "run",
+            "--data-dir",
+            tiny_data,
+            "--work-dir",
+            str(work),
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "preprocess.image_size=32",
+            "--direct_num_workers=1",  # a Beam flag, passed through
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "records:  train " in out and "test 37" in out
+    assert "species accuracy" in out and "breed top-1 accuracy" in out
+    assert f"exported: version 1 at {work}/serving/pets/1" in out
+    assert out.count("gRPC:     ") == 3
+    assert os.path.isfile(work / "serving" / "pets" / "1" / "saved_model.pb")
+    assert os.path.isfile(work / "metrics.json")
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["run", "--data-dir", "/nonexistent/pets"], "/nonexistent/pets: data directory not found"),
+        (["run", "--set", "train.epochs=zero"], "train.epochs: expected int, got 'zero'"),
+        (["predict", "/nonexistent.jpg"], "/nonexistent.jpg: cannot read image"),
+        (["serve", "--model-base-path", "/nonexistent/models"], "/nonexistent/models: model base path not found"),
+    ],
+)
+def test_errors_are_one_line_without_traceback(argv, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"petpipe: error: {message}" or err.strip().startswith(f"petpipe: error: {message}")
+    assert "Traceback" not in err
+
+
+def test_malformed_annotation_line_is_named(tiny_data, tmp_path, capsys):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    with open(data / "annotations" / "test.txt", "a") as f:
+        f.write("Bengal_99 6 1\n")
+    lines = (data / "annotations" / "test.txt").read_text().count("\n")
+    assert main(["run", "--data-dir", str(data), "--work-dir", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err
+    assert f"test.txt:{lines}: expected 4 columns" in err and "Traceback" not in err
+
+
+def test_predict_prints_species_breed_and_top5(exported_model, tmp_path, capsys):
+    from PIL import Image
+
+    from serving.server import start_server
+
+    image = tmp_path / "pet.png"
+    Image.new("RGB", (30, 20), (90, 60, 30)).save(image)
+    server = start_server(exported_model[0], "pets", port=0)
+    try:
+        assert main(["predict", "--server", f"127.0.0.1:{server.port}", str(image)]) == 0
+    finally:
+        server.stop()
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"{image}: ") and "; breed " in line and "top-5: " in line and "cat " in line
+
+
+def test_predict_against_no_server_fails_cleanly(tmp_path, capsys):
+    image = tmp_path / "x.jpg"
+    image.write_bytes(b"123")
+    assert main(["predict", "--server", "127.0.0.1:1", "--timeout", "2", str(image)]) == 2
+    assert "Predict failed: UNAVAILABLE" in capsys.readouterr().err
+
+
+def test_help_explains_commands(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--data-dir" in out and "never downloading the Prism runner" in out

@@ -1,0 +1,169 @@
+"""The gRPC server, through the official tensorflow-serving-api stubs, against TF Serving's behaviour."""
+
+import io
+import os
+import shutil
+import time
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from serving.client import parse_response, predict_images
+from serving.server import start_server
+
+
+def _jpeg(color) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (50, 40), color).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def server(exported_model, tmp_path_factory):
+    base = str(tmp_path_factory.mktemp("served") / "pets")
+    shutil.copytree(exported_model[2], os.path.join(base, "1"))
+    running = start_server(base, "pets", port=0, poll_seconds=0.2)
+    channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
+    yield running, channel, base
+    channel.close()
+    running.stop()
+
+
+def _request(images, name="pets", signature="", version=None):
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = name
+    request.model_spec.signature_name = signature
+    if version is not None:
+        request.model_spec.version.value = version
+    request.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto(images, dtype=tf.string))
+    return request
+
+
+def _code(call):
+    with pytest.raises(grpc.RpcError) as error:
+        call()
+    return error.value.code(), error.value.details()
+
+
+def test_predict_answers_like_tf_serving(server, hierarchy):
+    _, channel, _ = server
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    response = stub.Predict(_request([_jpeg((200, 0, 0)), _jpeg((0, 0, 200))]), timeout=30)
+    assert response.model_spec.name == "pets"
+    assert response.model_spec.version.value == 1
+    assert response.model_spec.signature_name == "serving_default"
+    probs = tf.make_ndarray(response.outputs["breed_probs"])
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    for answer in parse_response(response):
+        assert hierarchy.by_name[answer.breed].species == answer.species  # joint top-1 is hierarchy-consistent
+        assert answer.top_k[0][0] == answer.breed
+
+
+def test_output_filter_returns_only_the_named_outputs(server):
+    _, channel, _ = server
+    request = _request([_jpeg((1, 2, 3))])
+    request.output_filter.extend(["species", "breed"])
+    response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=30)
+    assert set(response.outputs) == {"species", "breed"}
+
+
+def test_errors_use_tf_serving_status_codes(server):
+    _, channel, _ = server
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    code, details = _code(lambda: stub.Predict(_request([_jpeg(0)], name="cats"), timeout=10))
+    assert code == grpc.StatusCode.NOT_FOUND and "Servable not found for request: Latest(cats)" in details
+    code, details = _code(lambda: stub.Predict(_request([_jpeg(0)], version=99), timeout=10))
+    assert code == grpc.StatusCode.NOT_FOUND and "Specific(pets, 99)" in details
+    code, details = _code(lambda: stub.Predict(_request([_jpeg(0)], signature="nope"), timeout=10))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and 'Serving signature key "nope" not found.' in details
+    code, details = _code(lambda: stub.Predict(_request([b"not an image"]), timeout=10))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "Unknown image file format" in details
+
+    wrong_key = predict_pb2.PredictRequest()
+    wrong_key.model_spec.name = "pets"
+    wrong_key.inputs["images"].CopyFrom(tf.make_tensor_proto([b"x"]))
+    code, details = _code(lambda: stub.Predict(wrong_key, timeout=10))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "Missing but required: {image_bytes}" in details
+
+    wrong_type = predict_pb2.PredictRequest()
+    wrong_type.model_spec.name = "pets"
+    wrong_type.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto([1.0, 2.0]))
+    code, details = _code(lambda: stub.Predict(wrong_type, timeout=10))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "to be string but float is provided" in details
+
+    bad_filter = _request([_jpeg(0)])
+    bad_filter.output_filter.append("colour")
+    code, details = _code(lambda: stub.Predict(bad_filter, timeout=10))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "output tensor alias not found in signature: colour" in details
+
+
+def test_metadata_lists_both_signatures(server):
+    _, channel, _ = server
+    request = get_model_metadata_pb2.GetModelMetadataRequest()
+    request.model_spec.name = "pets"
+    request.metadata_field.append("signature_def")
+    response = prediction_service_pb2_grpc.PredictionServiceStub(channel).GetModelMetadata(request, timeout=10)
+    signatures = get_model_metadata_pb2.SignatureDefMap()
+    response.metadata["signature_def"].Unpack(signatures)
+    assert set(signatures.signature_def) >= {"serving_default", "predict_examples"}
+    default = signatures.signature_def["serving_default"]
+    assert list(default.inputs) == ["image_bytes"]
+    assert default.inputs["image_bytes"].dtype == tf.string.as_datatype_enum
+    assert {"species_probs", "breed_probs", "breed", "top_k_breeds", "top_k_scores"} <= set(default.outputs)
+
+
+def test_status_and_new_versions_are_picked_up(server, exported_model):
+    running, channel, base = server
+    status_stub = model_service_pb2_grpc.ModelServiceStub(channel)
+    request = get_model_status_pb2.GetModelStatusRequest()
+    request.model_spec.name = "pets"
+    states = {s.version: s.state for s in status_stub.GetModelStatus(request, timeout=10).model_version_status}
+    assert states[1] == get_model_status_pb2.ModelVersionStatus.AVAILABLE
+
+    shutil.copytree(exported_model[2], os.path.join(base, "_staging-x"))  # ignored: not an integer name
+    os.rename(os.path.join(base, "_staging-x"), os.path.join(base, "2"))
+    deadline = time.monotonic() + 30
+    while running.model_server.current_version != 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    answers = predict_images(f"127.0.0.1:{running.port}", [_jpeg((9, 9, 9))])
+    assert answers[0].version == 2
+    states = {s.version: s.state for s in status_stub.GetModelStatus(request, timeout=10).model_version_status}
+    assert states == {
+        2: get_model_status_pb2.ModelVersionStatus.AVAILABLE,
+        1: get_model_status_pb2.ModelVersionStatus.END,
+    }
+    request.model_spec.version.value = 5
+    code, details = _code(lambda: status_stub.GetModelStatus(request, timeout=10))
+    assert code == grpc.StatusCode.NOT_FOUND and "Could not find version 5 of model pets" in details
+
+
+def test_broken_version_is_reported_and_the_old_one_keeps_serving(server):
+    running, channel, base = server
+    before = running.model_server.current_version
+    broken = os.path.join(base, "50")
+    os.makedirs(broken)
+    with open(os.path.join(broken, "saved_model.pb"), "wb") as f:
+        f.write(b"garbage")
+    deadline = time.monotonic() + 30
+    request = get_model_status_pb2.GetModelStatusRequest()
+    request.model_spec.name = "pets"
+    status_stub = model_service_pb2_grpc.ModelServiceStub(channel)
+    while time.monotonic() < deadline:
+        statuses = {s.version: s for s in status_stub.GetModelStatus(request, timeout=10).model_version_status}
+        if 50 in statuses and statuses[50].status.error_message:
+            break
+        time.sleep(0.1)
+    assert "Failed to load servable version 50" in statuses[50].status.error_message
+    assert running.model_server.current_version == before
+    assert predict_images(f"127.0.0.1:{running.port}", [_jpeg((1, 1, 1))])[0].version == before
+    shutil.rmtree(broken)
