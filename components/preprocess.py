@@ -11,6 +11,7 @@ proportions are a breed cue.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 
@@ -31,6 +32,8 @@ from schemas import (
 )
 
 TFRECORD_SUFFIX = ".tfrecord.gz"
+PROGRESS_EVERY = 500
+log = logging.getLogger("petpipe")
 
 
 def decode_and_resize(image_bytes: tf.Tensor, size: int) -> tf.Tensor:
@@ -109,6 +112,7 @@ class _EncodeExampleFn(beam.DoFn):
     def __init__(self, image_size: int, jpeg_quality: int, hierarchy: Hierarchy):
         self._args = (image_size, jpeg_quality, hierarchy)
         self._to_example = None
+        self._done = 0
 
     def setup(self):
         # Built per worker: tf.function objects do not pickle.
@@ -117,6 +121,9 @@ class _EncodeExampleFn(beam.DoFn):
     def process(self, item: LabelledImage):
         serialized = self._to_example(item)
         beam.metrics.Metrics.counter("preprocess", f"written_{item.split}").inc()
+        self._done += 1
+        if self._done % PROGRESS_EVERY == 0:  # per worker: a long job shows it is moving
+            log.info("preprocess: %d images encoded by this worker", self._done)
         yield beam.pvalue.TaggedOutput(item.split, serialized)
 
 

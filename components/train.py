@@ -116,13 +116,12 @@ def train_model(
         config.shuffle_buffer,
         config.seed,
     )
-    eval_files = tf.io.gfile.glob(split_pattern(tfrecord_dir, "eval"))
-    has_eval = bool(eval_files) and count_records(split_pattern(tfrecord_dir, "eval")) > 0
-    validation = (
-        make_dataset(split_pattern(tfrecord_dir, "eval"), schema, hierarchy, image_size, config.batch_size, False)
-        if has_eval
-        else None
-    )
+    eval_pattern = split_pattern(tfrecord_dir, "eval")
+    validation = None
+    if tf.io.gfile.glob(eval_pattern):  # data.eval_fraction=0 leaves the eval shards empty
+        validation = make_dataset(eval_pattern, schema, hierarchy, image_size, config.batch_size, False)
+        if int(validation.cardinality()) == 0:
+            validation = None
     model = build_multihead_model(hierarchy, image_size, config.filters, config.dropout)
     steps_per_epoch = int(train.cardinality())
     # Cosine decay to zero: the last epochs take small steps, so the exported weights do not jitter.

@@ -24,7 +24,6 @@ from concurrent import futures
 from dataclasses import dataclass, field
 
 import grpc
-import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import saved_model_pb2
@@ -247,8 +246,6 @@ def _input_tensor(name: str, proto, tensor_info) -> tf.Tensor:
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"input '{name}': shape {list(array.shape)} does not match the signature's {dims} (-1 = any)",
             )
-    if array.dtype == object:
-        array = np.asarray(array, dtype=object)
     return tf.constant(array)
 
 

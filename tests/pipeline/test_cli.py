@@ -24,12 +24,14 @@ def test_run_on_tiny_data_prints_summary_and_never_touches_prism(tiny_data, tmp_
             "train.epochs=1",
             "--set",
             "preprocess.image_size=32",
+            "--set",
+            "data.eval_fraction=0",  # no eval split: training runs without validation
             "--direct_num_workers=1",  # a Beam flag, passed through
         ]
     )
     out = capsys.readouterr().out
     assert code == 0
-    assert "records:  train " in out and "test 37" in out
+    assert "records:  train 74, eval 0, test 37" in out
     assert "species accuracy" in out and "breed top-1 accuracy" in out
     assert f"exported: version 1 at {work}/serving/pets/1" in out
     assert out.count("gRPC:     ") == 3
