@@ -1,10 +1,20 @@
-"""Ingest: read the Oxford-IIIT Pet raw layout (the real download or the generated one) into labelled records.
+"""Ingest: source records → distinct, labelled records with a split and their image bytes — or quarantine entries.
 
-Layout: `images/<Image>.jpg` and `annotations/{trainval,test}.txt` with lines `Image CLASS-ID SPECIES BREED-ID`
-(`#` lines are comments). trainval is split into train/eval by a hash of the image name, so an image keeps
-its split when the data set grows; test.txt is the test split.
+Sources: the Oxford-IIIT Pet raw layout (`images/<Image>.jpg`, `annotations/{trainval,test}.txt` with lines
+`Image CLASS-ID SPECIES BREED-ID`, `#` comments), class folders, a CSV manifest, or a prepared TFDS data set
+(components/sources.py). Every record ends up either ingested or quarantined with a reason:
 
-Pure core: parse_annotation_line, split_of, check_layout, read_image. Beam shell: ReadPetImages.
+  parse  → a line that cannot be read (wrong column count, non-integer ids) is quarantined where it stands;
+  label  → records are grouped by image key: identical duplicates count once, conflicting ones are
+           quarantined; labels are mapped through the hierarchy (out of range, inconsistent, unknown → quarantine);
+           Oxford images without an annotation line are counted (not records, not errors);
+  read   → missing, unreadable or empty files are quarantined.
+
+Splits: test.txt → test; trainval → eval for a stable `eval_fraction` of image keys (SHA-256), else train;
+sources without a test list hash `test_fraction` of keys into test as well.
+
+Pure core: parse_oxford_line, assign_split, label_record, resolve_duplicates, read_image_bytes.
+Beam shell: IngestRecords.
 """
 
 from __future__ import annotations
@@ -15,80 +25,88 @@ from dataclasses import dataclass
 
 import apache_beam as beam
 
+from components import records as rec
+from components.records import Provenance, Quarantined, Rejected, SourceRecord
 from pipeline.errors import DataError
 from schemas import Hierarchy
 
 TRAIN, EVAL, TEST = "train", "eval", "test"
 SPLITS = (TRAIN, EVAL, TEST)
-# Annotation file → the split(s) its records go to.
-ANNOTATION_FILES = {"trainval.txt": (TRAIN, EVAL), "test.txt": (TEST,)}
+TRAINVAL = "trainval"
+# Oxford annotation file → the split hint its records carry.
+ANNOTATION_FILES = {"trainval.txt": TRAINVAL, "test.txt": TEST}
+QUARANTINE = "quarantine"
 
 
 @dataclass(frozen=True)
 class AnnotationRecord:
-    """One annotation line, with 0-based labels and where it came from."""
+    """A record whose labels agree with the hierarchy: 0-based indices, and where it came from."""
 
-    image: str  # e.g. "Abyssinian_100" (no extension)
-    breed: int  # global breed index, CLASS-ID - 1
-    species: int  # species index, SPECIES - 1
-    breed_in_species: int  # BREED-ID - 1
-    source: str  # annotation file path
-    line_no: int  # 1-based
+    image: str  # the record's key, e.g. "Abyssinian_100"
+    breed: int  # global breed index (Oxford CLASS-ID - 1)
+    species: int  # species index (Oxford SPECIES - 1)
+    breed_in_species: int  # Oxford BREED-ID - 1
+    source: str
+    line_no: int | None
 
     @property
     def where(self) -> str:
-        return f"{self.source}:{self.line_no}"
+        return str(Provenance(self.source, self.line_no))
 
 
 @dataclass(frozen=True)
 class LabelledImage:
     record: AnnotationRecord
     split: str
-    path: str
+    path: str  # where the bytes came from (a file, or a TFDS split)
     data: bytes
 
 
-def parse_annotation_line(line: str, source: str, line_no: int, hierarchy: Hierarchy) -> AnnotationRecord | None:
-    """The record on one annotation line; None for a blank or `#` comment line; DataError if malformed."""
-    text = line.strip().lstrip("\ufeff")
+# --- parse ---------------------------------------------------------------------------------------------------
+def parse_oxford_line(line: str, source: str, line_no: int, images_dir: str, eval_fraction: float = 0.0):
+    """SourceRecord for one annotation line; None for blank or `#` lines; Quarantined if it cannot be parsed."""
+    text = line.strip().lstrip("\ufeff").strip()
     if not text or text.startswith("#"):
         return None
-    where = f"{source}:{line_no}"
+    hint = ANNOTATION_FILES.get(os.path.basename(source), TRAINVAL)
+    provenance = Provenance(source, line_no)
     fields = text.split()
+    key = fields[0]
+
+    def malformed(message: str) -> Quarantined:
+        split = assign_split(key, hint, eval_fraction, 0.0)
+        return Quarantined(key, provenance, split, rec.STAGE_PARSE, rec.MALFORMED_LINE, f"{message}: {text!r}")
+
     if len(fields) != 4:
-        raise DataError(f"{where}: expected 4 columns 'Image CLASS-ID SPECIES BREED-ID', got {len(fields)}: {text!r}")
-    image, *numbers = fields
+        return malformed(f"expected 4 columns 'Image CLASS-ID SPECIES BREED-ID', got {len(fields)}")
     try:
-        class_id, species_id, breed_id = (int(n) for n in numbers)
+        class_id, species_id, breed_id = (int(n) for n in fields[1:])
     except ValueError:
-        raise DataError(f"{where}: CLASS-ID, SPECIES and BREED-ID must be integers: {text!r}") from None
-    if not 1 <= class_id <= len(hierarchy.breeds):
-        raise DataError(f"{where}: CLASS-ID {class_id} is outside 1..{len(hierarchy.breeds)}: {text!r}")
-    breed = hierarchy.breeds[class_id - 1]
-    if (species_id, breed_id) != (breed.species_index + 1, breed.index_in_species + 1):
-        raise DataError(
-            f"{where}: SPECIES {species_id} / BREED-ID {breed_id} contradict CLASS-ID {class_id} ({breed.name}, "
-            f"which is SPECIES {breed.species_index + 1} BREED-ID {breed.index_in_species + 1}): {text!r}"
-        )
-    return AnnotationRecord(image, breed.global_index, breed.species_index, breed.index_in_species, source, line_no)
+        return malformed("CLASS-ID, SPECIES and BREED-ID must be integers")
+    return SourceRecord(
+        key,
+        provenance,
+        split_hint=hint,
+        class_id=class_id,
+        species_id=species_id,
+        breed_id=breed_id,
+        image_path=os.path.join(images_dir, f"{key}.jpg"),
+    )
 
 
-def parse_annotation_text(text: str, source: str, hierarchy: Hierarchy) -> list[AnnotationRecord]:
-    records = (parse_annotation_line(line, source, n, hierarchy) for n, line in enumerate(text.splitlines(), 1))
-    return [r for r in records if r is not None]
-
-
-def split_of(image: str, annotation_file: str, eval_fraction: float) -> str:
-    """test.txt → test; trainval.txt → eval for a stable `eval_fraction` of names (by SHA-256), else train."""
-    splits = ANNOTATION_FILES[annotation_file]
-    if splits == (TEST,):
-        return TEST
-    bucket = int.from_bytes(hashlib.sha256(image.encode("utf-8")).digest()[:8], "big") / 2**64
-    return EVAL if bucket < eval_fraction else TRAIN
+def read_oxford_annotations(path: str, images_dir: str, eval_fraction: float) -> list:
+    """Every record and quarantine entry of one annotation file (BOM, CRLF, blank lines and spaces tolerated)."""
+    try:
+        with open(path, encoding="utf-8-sig", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read annotation file: {exc.strerror}") from None
+    parsed = (parse_oxford_line(line, path, n, images_dir, eval_fraction) for n, line in enumerate(lines, 1))
+    return [p for p in parsed if p is not None]
 
 
 def check_layout(data_dir: str) -> list[str]:
-    """The annotation files to read; DataError naming what is missing when the layout is wrong."""
+    """The Oxford annotation files to read; DataError naming what is missing when the layout is wrong."""
     if not os.path.isdir(data_dir):
         raise DataError(f"{data_dir}: data directory not found (expected images/ and annotations/ inside)")
     images_dir = os.path.join(data_dir, "images")
@@ -103,49 +121,166 @@ def check_layout(data_dir: str) -> list[str]:
     return paths
 
 
-def image_path(data_dir: str, record: AnnotationRecord) -> str:
-    return os.path.join(data_dir, "images", f"{record.image}.jpg")
+def image_stems(images_dir: str) -> list[str]:
+    """Names (without .jpg) of the files in an Oxford images/ directory; other files (e.g. .mat) are not images."""
+    return sorted(name[:-4] for name in os.listdir(images_dir) if name.endswith(".jpg"))
 
 
-def read_image(data_dir: str, record: AnnotationRecord) -> bytes:
-    path = image_path(data_dir, record)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as exc:
-        raise DataError(f"{path} (annotated at {record.where}): cannot read image: {exc.strerror}") from None
+# --- split and label -------------------------------------------------------------------------------------------
+def _bucket(key: str) -> float:
+    return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") / 2**64
+
+
+def assign_split(key: str, split_hint: str | None, eval_fraction: float, test_fraction: float) -> str:
+    """test hint → test; trainval hint → eval for a stable eval_fraction of keys, else train; no hint → the
+    first test_fraction of the hash range is test, the next eval_fraction eval, the rest train."""
+    if split_hint == TEST:
+        return TEST
+    bucket = _bucket(key)
+    if split_hint is None:
+        if bucket < test_fraction:
+            return TEST
+        bucket = (bucket - test_fraction) / (1 - test_fraction)
+    return EVAL if bucket < eval_fraction else TRAIN
+
+
+def label_record(record: SourceRecord, hierarchy: Hierarchy) -> AnnotationRecord:
+    """Map a record's ids or names through the hierarchy; Rejected when they are out of range or contradict."""
+    if record.class_id is not None:
+        n = len(hierarchy.breeds)
+        if not 1 <= record.class_id <= n:
+            raise Rejected(rec.LABEL_OUT_OF_RANGE, f"CLASS-ID {record.class_id} is outside 1..{n}")
+        breed = hierarchy.breeds[record.class_id - 1]
+        expected = (breed.species_index + 1, breed.index_in_species + 1)
+        if (record.species_id, record.breed_id) != expected:
+            raise Rejected(
+                rec.INCONSISTENT_LABEL,
+                f"SPECIES {record.species_id} / BREED-ID {record.breed_id} contradict CLASS-ID {record.class_id} "
+                f"({breed.name}, which is SPECIES {expected[0]} BREED-ID {expected[1]})",
+            )
+    else:
+        breed = hierarchy.by_lower_name.get((record.breed_name or "").strip().lower())
+        if breed is None:
+            raise Rejected(rec.UNKNOWN_LABEL, f"breed {record.breed_name!r} is not in the label hierarchy")
+        species = (record.species_name or "").strip().lower()
+        if species not in hierarchy.species_by_lower_name:
+            raise Rejected(rec.UNKNOWN_LABEL, f"species {record.species_name!r} is not in the label hierarchy")
+        if hierarchy.species_by_lower_name[species] != breed.species:
+            raise Rejected(
+                rec.INCONSISTENT_LABEL,
+                f"species {record.species_name!r} contradicts breed {breed.name!r}, which is a {breed.species}",
+            )
+    return AnnotationRecord(
+        record.key, breed.global_index, breed.species_index, breed.index_in_species, *_where(record.provenance)
+    )
+
+
+def _where(provenance: Provenance) -> tuple[str, int | None]:
+    return provenance.source, provenance.line_no
+
+
+def resolve_duplicates(key: str, records: list[SourceRecord]) -> tuple[SourceRecord, int]:
+    """The one record for `key` and how many identical duplicates it had; Rejected if the copies disagree."""
+    first, *others = sorted(records, key=lambda r: (r.provenance.source, r.provenance.line_no or 0))
+    conflicting = [r for r in others if not first.same_labels(r)]
+    if conflicting:
+        places = ", ".join(str(r.provenance) for r in [first, *others])
+        raise Rejected(rec.CONFLICTING_DUPLICATE, f"{key!r} is annotated differently at {places}")
+    return first, len(others)
+
+
+def read_image_bytes(record: SourceRecord) -> bytes:
+    """The record's image bytes; Rejected (missing, unreadable, empty) naming the file."""
+    if record.image_bytes is not None:
+        data = record.image_bytes
+    else:
+        try:
+            with open(record.image_path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            raise Rejected(rec.MISSING_FILE, f"{record.image_path}: no such file") from None
+        except OSError as exc:
+            raise Rejected(rec.UNREADABLE_FILE, f"{record.image_path}: {exc.strerror or exc}") from None
     if not data:
-        raise DataError(f"{path} (annotated at {record.where}): image file is empty")
+        raise Rejected(rec.EMPTY_FILE, f"{record.image_path or record.key}: zero bytes")
     return data
 
 
-def _parse_annotation_file(path: str, hierarchy: Hierarchy) -> list[AnnotationRecord]:
-    with open(path, encoding="utf-8-sig") as f:
-        return parse_annotation_text(f.read(), path, hierarchy)
+# --- Beam shell ------------------------------------------------------------------------------------------------
+def count(name: str, by: int = 1) -> None:
+    beam.metrics.Metrics.counter("ingest", name).inc(by)
 
 
-class ReadPetImages(beam.PTransform):
-    """Annotation file paths → LabelledImage per annotation line, with its split and the image's bytes."""
+class _ResolveFn(beam.DoFn):
+    """(key, {records, files}) → one LabelledImage, or a Quarantined entry; counts every distinct record."""
 
-    def __init__(self, data_dir: str, hierarchy: Hierarchy, eval_fraction: float):
-        super().__init__()
-        self.data_dir = data_dir
+    def __init__(self, hierarchy: Hierarchy, eval_fraction: float, test_fraction: float, has_listing: bool):
         self.hierarchy = hierarchy
-        self.eval_fraction = eval_fraction
+        self.fractions = (eval_fraction, test_fraction)
+        self.has_listing = has_listing
 
-    def expand(self, annotation_paths):
-        data_dir, hierarchy, eval_fraction = self.data_dir, self.hierarchy, self.eval_fraction
-        return (
-            annotation_paths
-            | "ParseAnnotations" >> beam.FlatMap(lambda path: _parse_annotation_file(path, hierarchy))
-            | "SpreadWork" >> beam.Reshuffle()
-            | "ReadImage"
-            >> beam.Map(
-                lambda r: LabelledImage(
-                    r,
-                    split_of(r.image, os.path.basename(r.source), eval_fraction),
-                    image_path(data_dir, r),
-                    read_image(data_dir, r),
-                )
+    def process(self, element):
+        key, grouped = element
+        records, files = list(grouped["records"]), list(grouped["files"])
+        if not records:
+            count("unannotated_images")  # an image nobody labelled: reported, not a record
+            return
+        first = min(records, key=lambda r: (r.provenance.source, r.provenance.line_no or 0))
+        split = assign_split(key, first.split_hint, *self.fractions)
+        count(f"records_{split}")
+        try:
+            record, duplicates = resolve_duplicates(key, records)
+            count("duplicate_lines", duplicates)
+            labelled = label_record(record, self.hierarchy)
+            if self.has_listing and not files:
+                raise Rejected(rec.MISSING_FILE, f"{record.image_path}: no such file")
+            data = read_image_bytes(record)
+        except Rejected as exc:
+            stage = rec.STAGE_READ if exc.reason in READ_REASONS else rec.STAGE_LABEL
+            yield beam.pvalue.TaggedOutput(
+                QUARANTINE, Quarantined(key, first.provenance, split, stage, exc.reason, exc.message)
+            )
+            return
+        yield LabelledImage(labelled, split, record.image_path or record.provenance.source, data)
+
+
+READ_REASONS = {rec.MISSING_FILE, rec.UNREADABLE_FILE, rec.EMPTY_FILE}
+
+
+def _count_parse_quarantine(entry: Quarantined) -> Quarantined:
+    count(f"records_{entry.split}")
+    return entry
+
+
+class IngestRecords(beam.PTransform):
+    """PCollection of SourceRecord | Quarantined (+ optional listing of existing image keys) →
+    {"images": LabelledImage, "quarantine": Quarantined}."""
+
+    def __init__(self, hierarchy: Hierarchy, eval_fraction: float, test_fraction: float, image_listing=None):
+        super().__init__()
+        self.hierarchy = hierarchy
+        self.fractions = (eval_fraction, test_fraction)
+        self.image_listing = image_listing  # a PCollection of image keys that exist (Oxford images/), or None
+
+    def expand(self, parsed):
+        by_kind = parsed | "SplitParsed" >> beam.Partition(lambda item, _: int(isinstance(item, Quarantined)), 2)
+        records, unparsable = by_kind[0], by_kind[1]
+        keyed = records | "KeyRecords" >> beam.Map(lambda r: (r.key, r))
+        files = (
+            self.image_listing | "KeyFiles" >> beam.Map(lambda k: (k, True))
+            if self.image_listing is not None
+            else records.pipeline | "NoListing" >> beam.Create([])
+        )
+        resolved = (
+            {"records": keyed, "files": files}
+            | "GroupByImage" >> beam.CoGroupByKey()
+            | "Resolve"
+            >> beam.ParDo(_ResolveFn(self.hierarchy, *self.fractions, self.image_listing is not None)).with_outputs(
+                QUARANTINE, main="images"
             )
         )
+        quarantine = (
+            resolved[QUARANTINE],
+            unparsable | "CountUnparsable" >> beam.Map(_count_parse_quarantine),
+        ) | "AllIngestQuarantine" >> beam.Flatten()
+        return {"images": resolved.images, QUARANTINE: quarantine}

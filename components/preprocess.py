@@ -1,4 +1,5 @@
-"""Preprocess: decode → RGB → letterbox-resize → JPEG → tf.train.Example, written as GZIP TFRecord shards per split.
+"""Preprocess: check → decode → RGB → letterbox-resize → JPEG → tf.train.Example → GZIP TFRecord shards per split;
+images that fail a check go to the quarantine (`quarantine/<split>.jsonl`, one JSON line each) with a reason.
 
 `decode_and_resize` is the one image transformation of the project: the Beam stage calls it here, the trainer
 calls it on the stored JPEGs, and the exported serving signature calls it on the client's bytes, so training
@@ -14,12 +15,14 @@ from __future__ import annotations
 import logging
 import os
 import re
+from dataclasses import dataclass
 
 import apache_beam as beam
 import tensorflow as tf
 
-from components.ingest import SPLITS, LabelledImage
-from pipeline.errors import DataError
+from components.image_check import check_image, classify_decode_error
+from components.ingest import QUARANTINE, SPLITS, LabelledImage
+from components.records import STAGE_DECODE, Provenance, Quarantined, Rejected
 from schemas import (
     IMAGE_ENCODED,
     IMAGE_FILENAME,
@@ -84,47 +87,75 @@ def tf_error_reason(tf_message: str) -> str:
     return ""
 
 
-class ImageToExample:
-    """Callable core of the Beam stage: LabelledImage → serialized tf.train.Example (DataError if undecodable)."""
+@dataclass(frozen=True)
+class EncodedExample:
+    """What the preprocess core makes of one image: the serialized Example and facts for the statistics."""
 
-    def __init__(self, image_size: int, jpeg_quality: int, hierarchy: Hierarchy):
+    split: str
+    serialized: bytes
+    width: int  # of the source image, upright
+    height: int
+    nbytes: int  # of the source file
+
+
+class ImageToExample:
+    """Pure core of the stage: LabelledImage → EncodedExample, or Rejected(reason, message) to quarantine it.
+
+    check_image rejects empty, non-image, tiny and bomb-sized files from their header and hands TF bytes it
+    decodes as intended (CMYK, EXIF-rotated, ... normalised); TF's own decode errors (truncated data) are
+    classified too.
+    """
+
+    def __init__(self, image_size: int, jpeg_quality: int, hierarchy: Hierarchy, min_side: int, max_pixels: int):
         self.hierarchy = hierarchy
+        self.limits = (min_side, max_pixels)
         self._transform = tf.function(
             lambda data: tf.io.encode_jpeg(decode_and_resize(data, image_size), quality=jpeg_quality),
             input_signature=[tf.TensorSpec([], tf.string)],
         )
 
-    def __call__(self, item: LabelledImage) -> bytes:
+    def __call__(self, item: LabelledImage) -> EncodedExample:
         try:
-            jpeg = self._transform(tf.constant(item.data)).numpy()
+            data, info = check_image(item.data, *self.limits)
+        except Rejected as exc:
+            raise Rejected(exc.reason, f"{item.path}: {exc.message}") from None
+        try:
+            jpeg = self._transform(tf.constant(data)).numpy()
         except tf.errors.InvalidArgumentError as exc:
             reason = tf_error_reason(exc.message) or "undecodable"
-            raise DataError(
-                f"{item.path} (annotated at {item.record.where}): not a decodable image: {reason}"
-            ) from None
+            raise Rejected(classify_decode_error(exc.message), f"{item.path}: {reason}") from None
         r = item.record
-        return make_example(r.image, r.breed, r.species, r.breed_in_species, jpeg, self.hierarchy).SerializeToString()
+        example = make_example(r.image, r.breed, r.species, r.breed_in_species, jpeg, self.hierarchy)
+        return EncodedExample(item.split, example.SerializeToString(), info.width, info.height, len(item.data))
 
 
 class _EncodeExampleFn(beam.DoFn):
-    """Decodes, resizes and re-encodes one image into a tf.train.Example, tagged with its split."""
+    """Checks, decodes, resizes and re-encodes one image; main output EncodedExample, or a quarantine entry."""
 
-    def __init__(self, image_size: int, jpeg_quality: int, hierarchy: Hierarchy):
-        self._args = (image_size, jpeg_quality, hierarchy)
+    def __init__(self, *core_args):
+        self._core_args = core_args
         self._to_example = None
         self._done = 0
 
     def setup(self):
         # Built per worker: tf.function objects do not pickle.
-        self._to_example = ImageToExample(*self._args)
+        self._to_example = ImageToExample(*self._core_args)
 
     def process(self, item: LabelledImage):
-        serialized = self._to_example(item)
-        beam.metrics.Metrics.counter("preprocess", f"written_{item.split}").inc()
         self._done += 1
         if self._done % PROGRESS_EVERY == 0:  # per worker: a long job shows it is moving
-            log.info("preprocess: %d images encoded by this worker", self._done)
-        yield beam.pvalue.TaggedOutput(item.split, serialized)
+            log.info("preprocess: %d images done by this worker", self._done)
+        try:
+            encoded = self._to_example(item)
+        except Rejected as exc:
+            r = item.record
+            entry = Quarantined(
+                r.image, Provenance(r.source, r.line_no), item.split, STAGE_DECODE, exc.reason, exc.message
+            )
+            yield beam.pvalue.TaggedOutput(QUARANTINE, entry)
+            return
+        beam.metrics.Metrics.counter("preprocess", f"written_{item.split}").inc()
+        yield encoded
 
 
 def split_prefix(tfrecord_dir: str, split: str) -> str:
@@ -135,22 +166,72 @@ def split_pattern(tfrecord_dir: str, split: str) -> str:
     return split_prefix(tfrecord_dir, split) + "-*" + TFRECORD_SUFFIX
 
 
-class WritePetExamples(beam.PTransform):
-    """LabelledImage → GZIP TFRecord shards `<tfrecord_dir>/<split>/<split>-SSSSS-of-NNNNN.tfrecord.gz`."""
+def quarantine_path(tfrecord_dir: str, split: str) -> str:
+    return os.path.join(tfrecord_dir, QUARANTINE, f"{split}.jsonl")
 
-    def __init__(self, tfrecord_dir: str, image_size: int, jpeg_quality: int, num_shards: int, hierarchy: Hierarchy):
+
+class EncodeExamples(beam.PTransform):
+    """LabelledImage → {"examples": EncodedExample, "quarantine": Quarantined}."""
+
+    def __init__(self, image_size: int, jpeg_quality: int, hierarchy: Hierarchy, min_side: int, max_pixels: int):
+        super().__init__()
+        self.encode = _EncodeExampleFn(image_size, jpeg_quality, hierarchy, min_side, max_pixels)
+
+    def expand(self, images):
+        encoded = images | "Encode" >> beam.ParDo(self.encode).with_outputs(QUARANTINE, main="examples")
+        return {"examples": encoded.examples, QUARANTINE: encoded[QUARANTINE]}
+
+
+def _by_split(item, num_partitions: int) -> int:
+    return SPLITS.index(item.split)
+
+
+class WriteSplits(beam.PTransform):
+    """EncodedExample → GZIP TFRecord shards `<tfrecord_dir>/<split>/<split>-SSSSS-of-NNNNN.tfrecord.gz`."""
+
+    def __init__(self, tfrecord_dir: str, num_shards: int):
         super().__init__()
         self.tfrecord_dir = tfrecord_dir
         self.num_shards = num_shards
-        self.encode = _EncodeExampleFn(image_size, jpeg_quality, hierarchy)
 
-    def expand(self, images):
-        by_split = images | "Encode" >> beam.ParDo(self.encode).with_outputs(*SPLITS)
-        for split in SPLITS:
-            _ = by_split[split] | f"Write{split.capitalize()}" >> beam.io.WriteToTFRecord(
-                split_prefix(self.tfrecord_dir, split),
-                file_name_suffix=TFRECORD_SUFFIX,
-                num_shards=self.num_shards,
-                compression_type=beam.io.filesystem.CompressionTypes.GZIP,
+    def expand(self, examples):
+        parts = examples | "BySplit" >> beam.Partition(_by_split, len(SPLITS))
+        for split, part in zip(SPLITS, parts, strict=True):
+            _ = (
+                part
+                | f"Serialized{split.capitalize()}" >> beam.Map(lambda e: e.serialized)
+                | f"Write{split.capitalize()}"
+                >> beam.io.WriteToTFRecord(
+                    split_prefix(self.tfrecord_dir, split),
+                    file_name_suffix=TFRECORD_SUFFIX,
+                    num_shards=self.num_shards,
+                    compression_type=beam.io.filesystem.CompressionTypes.GZIP,
+                )
             )
-        return by_split
+        return examples
+
+
+def _count_quarantined(entry: Quarantined) -> Quarantined:
+    beam.metrics.Metrics.counter("quarantine", f"quarantined_{entry.split}").inc()
+    beam.metrics.Metrics.counter("quarantine", f"reason_{entry.reason}").inc()
+    return entry
+
+
+class WriteQuarantine(beam.PTransform):
+    """Quarantined → one JSON line each in `<tfrecord_dir>/quarantine/<split>.jsonl` (empty file if none)."""
+
+    def __init__(self, tfrecord_dir: str):
+        super().__init__()
+        self.tfrecord_dir = tfrecord_dir
+
+    def expand(self, entries):
+        counted = entries | "Count" >> beam.Map(_count_quarantined)
+        parts = counted | "BySplit" >> beam.Partition(_by_split, len(SPLITS))
+        for split, part in zip(SPLITS, parts, strict=True):
+            _ = (
+                part
+                | f"Json{split.capitalize()}" >> beam.Map(Quarantined.to_json)
+                | f"Write{split.capitalize()}"
+                >> beam.io.WriteToText(quarantine_path(self.tfrecord_dir, split), num_shards=1, shard_name_template="")
+            )
+        return counted

@@ -38,13 +38,17 @@ def parse_labelled_example(serialized: tf.Tensor, spec: dict, hierarchy: Hierarc
     return image, labels
 
 
-def count_records(pattern: str) -> int:
-    files = tf.io.gfile.glob(pattern)
-    return sum(1 for _ in tf.data.TFRecordDataset(files, compression_type="GZIP"))
+def _files(patterns: str | list[str]) -> list[str]:
+    patterns = [patterns] if isinstance(patterns, str) else patterns
+    return sorted(f for p in patterns for f in tf.io.gfile.glob(p))
+
+
+def count_records(patterns: str | list[str]) -> int:
+    return sum(1 for _ in tf.data.TFRecordDataset(_files(patterns), compression_type="GZIP"))
 
 
 def make_dataset(
-    pattern: str,
+    patterns: str | list[str],
     schema,
     hierarchy: Hierarchy,
     image_size: int,
@@ -59,10 +63,10 @@ def make_dataset(
     The decoded images are cached in memory after the first pass (64 px × 3 bytes each); with `training`, the
     order is reshuffled every epoch and images get a random left-right flip (pets are symmetric).
     """
-    files = tf.io.gfile.glob(pattern)
+    files = _files(patterns)
     if not files:
-        raise DataError(f"{pattern}: no TFRecord files; run the preprocess stage first")
-    records = count_records(pattern)
+        raise DataError(f"{patterns}: no TFRecord files; run the preprocess stage first")
+    records = count_records(files)
     spec = parse_spec(schema)
     dataset = tf.data.TFRecordDataset(files, compression_type="GZIP", num_parallel_reads=tf.data.AUTOTUNE)
     dataset = dataset.map(
@@ -98,16 +102,16 @@ class _EpochProgress(keras.callbacks.Callback):
 
 def train_model(
     config: TrainConfig,
-    tfrecord_dir: str,
+    tfrecord_dirs: list[str],
     schema,
     hierarchy: Hierarchy,
     image_size: int,
     log=print,
 ) -> tuple[keras.Model, dict]:
-    """Fit the multi-head model on the train split, validating on eval; returns (model, history)."""
+    """Fit the multi-head model on the train split of the given spans, validating on eval; (model, history)."""
     keras.utils.set_random_seed(config.seed)
     train = make_dataset(
-        split_pattern(tfrecord_dir, "train"),
+        [split_pattern(d, "train") for d in tfrecord_dirs],
         schema,
         hierarchy,
         image_size,
@@ -116,10 +120,10 @@ def train_model(
         config.shuffle_buffer,
         config.seed,
     )
-    eval_pattern = split_pattern(tfrecord_dir, "eval")
+    eval_patterns = [split_pattern(d, "eval") for d in tfrecord_dirs]
     validation = None
-    if tf.io.gfile.glob(eval_pattern):  # data.eval_fraction=0 leaves the eval shards empty
-        validation = make_dataset(eval_pattern, schema, hierarchy, image_size, config.batch_size, False)
+    if _files(eval_patterns):  # data.eval_fraction=0 leaves the eval shards empty
+        validation = make_dataset(eval_patterns, schema, hierarchy, image_size, config.batch_size, False)
         if int(validation.cardinality()) == 0:
             validation = None
     model = build_multihead_model(hierarchy, image_size, config.filters, config.dropout)

@@ -2,7 +2,8 @@
 
 The point is a data set that a small CNN can learn on two CPU cores in minutes, yet not trivially:
 
-* species shows only in shape: cats have pointed ears and a small nose, dogs floppy side ears and a muzzle;
+* species shows only in shape: cats have pointed ears and a small nose, dogs floppy side ears and a muzzle
+  (a third species group of a custom hierarchy gets small round ears);
 * breed shows in finer cues: coat colour × coat pattern (solid, stripes, spots, bicolour, dark points) and
   head proportions; some cat and dog breeds share a coat colour *and* pattern, so species must come from shape;
 * nuisance variation everywhere: canvas size and aspect, position, scale, rotation, background, lighting,
@@ -126,9 +127,10 @@ def render_pet(breed: Breed, look: BreedLook, rng: np.random.Generator) -> np.nd
     aspect = look.head_aspect * rng.uniform(0.95, 1.05)
     head = _ellipse(u, v, 0, 0, aspect, 0.9)
 
-    if breed.species_index == 0:  # pointed, upright ears behind the head
+    shape = breed.species_index % 3  # the shape family: what tells species apart
+    ears = np.zeros_like(head)
+    if shape == 0:  # pointed, upright ears behind the head (cats)
         ear_len = rng.uniform(0.9, 1.1)
-        ears = np.zeros_like(head)
         for sgn in (-1, 1):
             ears |= _triangle(
                 u,
@@ -137,12 +139,13 @@ def render_pet(breed: Breed, look: BreedLook, rng: np.random.Generator) -> np.nd
                 (sgn * 0.2 * aspect, -0.78),
                 (sgn * 0.78 * aspect, -0.75 - 0.75 * ear_len),
             )
-        fur = head | ears
-    else:  # floppy ears hanging over the sides of the head
-        ears = np.zeros_like(head)
+    elif shape == 1:  # floppy ears hanging over the sides of the head (dogs)
         for sgn in (-1, 1):
             ears |= _ellipse(u, v, sgn * 0.92 * aspect, 0.12, 0.3, 0.68 * rng.uniform(0.9, 1.1))
-        fur = head | ears
+    else:  # small round ears on top (a third group, for hierarchies beyond cat/dog)
+        for sgn in (-1, 1):
+            ears |= _ellipse(u, v, sgn * 0.62 * aspect, -0.82, 0.3, 0.3)
+    fur = head | ears
 
     pattern_mask = np.zeros_like(fur)
     if look.pattern == "stripes":
@@ -161,7 +164,7 @@ def render_pet(breed: Breed, look: BreedLook, rng: np.random.Generator) -> np.nd
 
     image[fur] = coat
     image[fur & pattern_mask] = accent
-    if breed.species_index == 0:
+    if shape != 1:
         image[_triangle(u, v, (-0.13, 0.22), (0.13, 0.22), (0, 0.36))] = (200, 110, 120)
     else:
         muzzle = _ellipse(u, v, 0, 0.45, 0.42, 0.32)

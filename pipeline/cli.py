@@ -16,6 +16,9 @@ from pipeline.errors import PetpipeError
 log = logging.getLogger("petpipe")
 
 RUN_EPILOG = """\
+Exit codes: 0 done, 2 error (bad input or config), 3 too many records quarantined (--max-bad-fraction),
+4 severe data anomalies (see the span's validation.json); nothing is trained or exported after 3 or 4.
+
 Beam options: any flag not listed above goes to Apache Beam as is. Without --runner (or with
 --runner=DirectRunner) the pipeline runs locally on Beam's FnApiRunner, never downloading the Prism runner.
 Examples:
@@ -61,13 +64,18 @@ def _run(args, beam_args: list[str]) -> int:
     from pipeline.config import load_config
     from pipeline.run import run_pipeline
 
-    overrides = list(args.set)
-    if args.data_dir:
-        overrides.append(f"data.data_dir={args.data_dir}")
-    if args.work_dir:
-        overrides.append(f"work_dir={args.work_dir}")
-    if args.serving_dir:
-        overrides.append(f"export.serving_dir={args.serving_dir}")
+    flags = {
+        "data.source": args.source,
+        "data.data_dir": args.data_dir,
+        "data.tfds_data_dir": args.tfds_data_dir,
+        "data.spans": args.spans,
+        "data.max_bad_fraction": args.max_bad_fraction,
+        "data.hierarchy": args.hierarchy,
+        "work_dir": args.work_dir,
+        "export.serving_dir": args.serving_dir,
+    }
+    # Dedicated flags win over --set, which wins over the config file.
+    overrides = list(args.set) + [f"{key}={value}" for key, value in flags.items() if value is not None]
     config = load_config(args.config, overrides)
     summary = run_pipeline(config, beam_args)
     print("\n".join(["", "petpipe run: done"] + summary.lines()))
@@ -129,7 +137,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--config", help="TOML config file (sections data, preprocess, train, export)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.epochs=3")
-    run.add_argument("--data-dir", help="Oxford-IIIT Pet layout to ingest (default: generate the embedded data set)")
+    run.add_argument(
+        "--source",
+        choices=["oxford", "folders", "csv", "tfds"],
+        help="input kind: oxford (raw Oxford-IIIT Pet layout, default), folders (<root>/<species>/<breed>/*.jpg), "
+        "csv (manifest with columns path,species,breed), tfds (a prepared TFDS data set)",
+    )
+    run.add_argument(
+        "--data-dir",
+        help="input: a directory (oxford, folders), a manifest file (csv), or an input base with span-<N>/ "
+        "subdirectories; default: generate the embedded data set",
+    )
+    run.add_argument("--tfds-data-dir", help="TFDS data_dir where oxford_iiit_pet is prepared (with --source tfds)")
+    run.add_argument("--spans", help="with span-<N>/ inputs: latest (default), all, N or N-M")
+    run.add_argument(
+        "--max-bad-fraction",
+        type=float,
+        help="fail (exit 3) when more than this share of records is quarantined (default 0.05)",
+    )
+    run.add_argument("--hierarchy", help="label hierarchy JSON (default: schemas/hierarchy.json, Oxford-IIIT Pet)")
     run.add_argument("--work-dir", help="where data, TFRecords and metrics go (default petpipe-work)")
     run.add_argument("--serving-dir", help="TF Serving model root (default <work-dir>/serving)")
 
@@ -166,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         return _predict(args)
     except PetpipeError as exc:
         print(f"petpipe: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     except KeyboardInterrupt:
         print("petpipe: interrupted", file=sys.stderr)
         return 130

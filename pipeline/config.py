@@ -14,15 +14,34 @@ from pathlib import Path
 
 from pipeline.errors import ConfigError
 
+SOURCES = ("oxford", "folders", "csv", "tfds")
+
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where the raw Oxford-IIIT-Pet-layout data comes from, and how trainval is split."""
+    """Where the data comes from, how it is split, and how much bad data a run tolerates."""
 
-    data_dir: str | None = None  # None: generate the embedded synthetic data set under work_dir/data
+    source: str = "oxford"  # oxford (raw layout) | folders (root/<species>/<breed>/*) | csv (path,species,breed) | tfds
+    data_dir: str | None = None  # oxford/folders: a directory; csv: the manifest; None: the embedded data set
+    tfds_name: str = "oxford_iiit_pet"
+    tfds_data_dir: str | None = None  # a TFDS data_dir where tfds_name has been prepared (never downloaded here)
+    spans: str = "latest"  # with span-<N>/ subdirectories: latest | all | N | N-M
+    hierarchy: str | None = None  # label hierarchy JSON; None: schemas/hierarchy.json (Oxford-IIIT Pet)
     per_breed: int = 60  # images per breed when generating
     seed: int = 0
     eval_fraction: float = 0.1  # share of trainval that goes to the eval split, chosen by a hash of the name
+    test_fraction: float = 0.3  # for sources without a test list (folders, csv): share hashed into test
+    max_bad_fraction: float = 0.05  # quarantined / records above this fails the run (after writing the quarantine)
+    min_image_side: int = 32  # images whose shorter side is smaller are quarantined
+    max_image_pixels: int = 50_000_000  # larger declared sizes are rejected from the header (decompression bombs)
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    """Statistics are always computed; these say what counts as an anomaly and which anomalies stop the run."""
+
+    drift_linf_threshold: float = 0.02  # L-infinity distance of breed distributions vs the previous run
+    severe: tuple[str, ...] = ("schema_violation", "missing_feature", "empty_split", "missing_class")
 
 
 @dataclass(frozen=True)
@@ -35,6 +54,7 @@ class PreprocessConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 18
+    span_window: int = 1  # train (and evaluate) on the last K successfully ingested spans
     batch_size: int = 32
     learning_rate: float = 2e-3
     shuffle_buffer: int = 2048
@@ -56,11 +76,13 @@ class PipelineConfig:
     work_dir: str = "petpipe-work"
     data: DataConfig = field(default_factory=DataConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
 
     @property
-    def tfrecord_dir(self) -> str:
+    def tfrecord_root(self) -> str:
+        """Holds span-<N>/ per ingested span: <split>/ TFRecords, quarantine/, statistics.json, schema.pbtxt."""
         return str(Path(self.work_dir) / "tfrecords")
 
     @property
@@ -165,12 +187,22 @@ def load_config(path: str | None = None, overrides: typing.Iterable[str] = ()) -
 
 def validate(config: PipelineConfig) -> None:
     checks = [
+        (config.data.source in SOURCES, f"data.source must be one of {', '.join(SOURCES)}; got {config.data.source!r}"),
+        (config.data.source != "tfds" or bool(config.data.tfds_data_dir), "data.source=tfds needs --tfds-data-dir"),
+        (config.data.source in ("oxford", "tfds") or bool(config.data.data_dir), "this data.source needs --data-dir"),
         (config.data.per_breed >= 2, "data.per_breed must be at least 2"),
         (0.0 <= config.data.eval_fraction < 1.0, "data.eval_fraction must be in [0, 1)"),
+        (0.0 <= config.data.test_fraction < 1.0, "data.test_fraction must be in [0, 1)"),
+        (config.data.eval_fraction + config.data.test_fraction < 1.0, "data.eval_fraction + test_fraction must be < 1"),
+        (0.0 <= config.data.max_bad_fraction <= 1.0, "data.max_bad_fraction must be in [0, 1]"),
+        (config.data.min_image_side >= 1, "data.min_image_side must be at least 1"),
+        (config.data.max_image_pixels >= 1, "data.max_image_pixels must be at least 1"),
+        (config.validation.drift_linf_threshold > 0, "validation.drift_linf_threshold must be positive"),
         (8 <= config.preprocess.image_size <= 1024, "preprocess.image_size must be in [8, 1024]"),
         (1 <= config.preprocess.jpeg_quality <= 100, "preprocess.jpeg_quality must be in [1, 100]"),
         (config.preprocess.num_shards >= 1, "preprocess.num_shards must be at least 1"),
         (config.train.epochs >= 1, "train.epochs must be at least 1"),
+        (config.train.span_window >= 1, "train.span_window must be at least 1"),
         (config.train.batch_size >= 1, "train.batch_size must be at least 1"),
         (config.train.learning_rate > 0, "train.learning_rate must be positive"),
         (len(config.train.filters) >= 1, "train.filters needs at least one width"),

@@ -52,9 +52,9 @@ class Hierarchy:
             ) from exc
         if len(set(species)) != len(species) or not species:
             raise ValueError(f"{source}: species must be a non-empty list of distinct names, got {list(species)}")
-        names = [name for name, _ in entries]
+        names = [name.lower() for name, _ in entries]
         if len(set(names)) != len(names):
-            raise ValueError(f"{source}: breed names must be distinct")
+            raise ValueError(f"{source}: breed names must be distinct (ignoring case)")
         seen_per_species = {s: 0 for s in species}
         breeds = []
         for global_index, (name, sp) in enumerate(entries):
@@ -76,6 +76,15 @@ class Hierarchy:
     def by_name(self) -> dict[str, Breed]:
         return {b.name: b for b in self.breeds}
 
+    @cached_property
+    def by_lower_name(self) -> dict[str, Breed]:
+        """Case-insensitive lookup, for sources that spell names their own way (folders, CSV, TFDS)."""
+        return {b.name.lower(): b for b in self.breeds}
+
+    @cached_property
+    def species_by_lower_name(self) -> dict[str, str]:
+        return {s.lower(): s for s in self.species}
+
     @property
     def breed_names(self) -> list[str]:
         return [b.name for b in self.breeds]
@@ -94,7 +103,7 @@ def load_hierarchy(path: str | Path = HIERARCHY_PATH) -> Hierarchy:
 
 
 def load_schema(path: str | Path = SCHEMA_PATH):
-    """The TFMD Schema proto (tensorflow_metadata.proto.v0.schema_pb2.Schema)."""
+    """The TFMD Schema proto (tensorflow_metadata.proto.v0.schema_pb2.Schema) stored at `path`."""
     from google.protobuf import text_format
     from tensorflow_metadata.proto.v0 import schema_pb2
 
@@ -103,3 +112,44 @@ def load_schema(path: str | Path = SCHEMA_PATH):
             return text_format.Parse(f.read(), schema_pb2.Schema())
         except text_format.ParseError as exc:
             raise ValueError(f"{path}:{exc.GetLine()}:{exc.GetColumn()}: invalid Schema text proto: {exc}") from None
+
+
+def schema_for(hierarchy: Hierarchy, base=None):
+    """The schema of the records for `hierarchy`: the shipped schema's image features, label domains sized to
+    the hierarchy, and one label/<species>_breed feature per species (-1 = not this species).
+
+    For the shipped hierarchy this is exactly schemas/schema.pbtxt (a test checks it).
+    """
+    from tensorflow_metadata.proto.v0 import schema_pb2
+
+    base = base if base is not None else load_schema()
+    schema = schema_pb2.Schema()
+    schema.CopyFrom(base)
+    del schema.feature[:]
+    template = None
+    for feature in base.feature:
+        if feature.name.startswith("label/") and feature.name.endswith("_breed"):
+            template = template or feature
+            continue
+        added = schema.feature.add()
+        added.CopyFrom(feature)
+        if feature.name == LABEL_SPECIES:
+            added.int_domain.max = len(hierarchy.species) - 1
+        elif feature.name == LABEL_BREED:
+            added.int_domain.max = len(hierarchy.breeds) - 1
+    for species, breeds in hierarchy.breeds_of.items():
+        added = schema.feature.add()
+        if template is not None:
+            added.CopyFrom(template)
+        added.name = breed_feature(species)
+        added.type = schema_pb2.INT
+        added.int_domain.min = NOT_THIS_SPECIES
+        added.int_domain.max = len(breeds) - 1
+        added.int_domain.is_categorical = True
+    return schema
+
+
+def write_schema(schema, path: str | Path) -> None:
+    from google.protobuf import text_format
+
+    Path(path).write_text(text_format.MessageToString(schema))

@@ -32,14 +32,14 @@ def tiny_data(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tiny_tfrecords(tiny_data, hierarchy, tmp_path_factory):
-    """(tfrecord_dir, counts) of the tiny data set through the real Beam ingest + preprocess job."""
-    from pipeline.run import ingest_and_preprocess
+def tiny_tfrecords(tiny_data, hierarchy, schema, tmp_path_factory):
+    """(tfrecord_dir, written per split) of the tiny data set through the real Beam data stage."""
+    from pipeline.data_stage import run_span_job
 
-    config = load_config(None, ["data.eval_fraction=0.3", "preprocess.num_shards=2"])
-    out = str(tmp_path_factory.mktemp("tiny-tfrecords") / "tfrecords")
-    counts = ingest_and_preprocess(tiny_data, config.data, config.preprocess, out, hierarchy, [])
-    return out, counts
+    work = tmp_path_factory.mktemp("tiny-tfrecords")
+    config = load_config(None, [f"work_dir={work}", "data.eval_fraction=0.3", "preprocess.num_shards=2"])
+    result = run_span_job(config, tiny_data, 0, hierarchy, schema, [])
+    return result.tfrecord_dir, result.written
 
 
 @pytest.fixture(scope="session")

@@ -6,9 +6,10 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from components.ingest import AnnotationRecord, LabelledImage, parse_annotation_text
+from components import records as rec
+from components.ingest import AnnotationRecord, LabelledImage, label_record, read_oxford_annotations
 from components.preprocess import ImageToExample, decode_and_resize, split_pattern
-from pipeline.errors import DataError
+from components.records import Rejected
 from schemas import breed_feature
 
 
@@ -45,13 +46,21 @@ def test_grayscale_and_rgba_become_rgb():
     assert out.shape == (8, 8, 3) and np.all(out[..., 1] == 255)
 
 
-def test_undecodable_bytes_name_file_and_line(hierarchy):
+def test_core_encodes_or_rejects_with_a_reason(hierarchy):
     record = AnnotationRecord("Bengal_1", 5, 0, 1, "annotations/trainval.txt", 9)
-    to_example = ImageToExample(16, 90, hierarchy)
-    with pytest.raises(DataError) as error:
+    to_example = ImageToExample(16, 90, hierarchy, 32, 10_000_000)
+    with pytest.raises(Rejected) as error:
         to_example(LabelledImage(record, "train", "images/Bengal_1.jpg", b"this is not an image"))
-    assert "images/Bengal_1.jpg (annotated at annotations/trainval.txt:9): not a decodable image" in str(error.value)
-    assert "function_node" not in str(error.value)
+    assert error.value.reason == rec.NOT_AN_IMAGE and error.value.message.startswith("images/Bengal_1.jpg: ")
+    png = _encode(np.full((60, 40, 3), 7, np.uint8), "PNG")
+    encoded = to_example(LabelledImage(record, "eval", "images/Bengal_1.jpg", png))
+    assert (encoded.split, encoded.width, encoded.height, encoded.nbytes) == ("eval", 40, 60, len(png))
+    example = tf.train.Example.FromString(encoded.serialized).features.feature
+    assert example["label/breed"].int64_list.value == [5] and example["label/dog_breed"].int64_list.value == [-1]
+    truncated = _encode(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8), "JPEG")[:300]
+    with pytest.raises(Rejected) as error:
+        to_example(LabelledImage(record, "train", "x.jpg", truncated))
+    assert error.value.reason == rec.TRUNCATED_IMAGE
 
 
 def _read_split(tfrecord_dir, split, schema_spec):
@@ -67,9 +76,8 @@ def test_tfrecords_match_annotations(tiny_tfrecords, tiny_data, hierarchy, schem
     annotations = {}
     for name in ("trainval.txt", "test.txt"):
         path = os.path.join(tiny_data, "annotations", name)
-        with open(path) as f:
-            for record in parse_annotation_text(f.read(), path, hierarchy):
-                annotations[f"{record.image}.jpg"] = record
+        for record in read_oxford_annotations(path, os.path.join(tiny_data, "images"), 0.3):
+            annotations[f"{record.key}.jpg"] = label_record(record, hierarchy)
     seen = {}
     for split in ("train", "eval", "test"):
         examples = _read_split(tfrecord_dir, split, spec)

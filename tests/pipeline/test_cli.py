@@ -44,6 +44,10 @@ def test_run_on_tiny_data_prints_summary_and_never_touches_prism(tiny_data, tmp_
     [
         (["run", "--data-dir", "/nonexistent/pets"], "/nonexistent/pets: data directory not found"),
         (["run", "--set", "train.epochs=zero"], "train.epochs: expected int, got 'zero'"),
+        (["run", "--source", "folders"], "this data.source needs --data-dir"),
+        (["run", "--source", "tfds"], "data.source=tfds needs --tfds-data-dir"),
+        (["run", "--set", "data.source=s3"], "data.source must be one of oxford, folders, csv, tfds; got 's3'"),
+        (["run", "--source", "csv", "--data-dir", "/nonexistent.csv"], "/nonexistent.csv: CSV manifest not found"),
         (["predict", "/nonexistent.jpg"], "/nonexistent.jpg: cannot read image"),
         (["serve", "--model-base-path", "/nonexistent/models"], "/nonexistent/models: model base path not found"),
     ],
@@ -54,19 +58,6 @@ def test_errors_are_one_line_without_traceback(argv, message, tmp_path, capsys, 
     err = capsys.readouterr().err
     assert err.strip() == f"petpipe: error: {message}" or err.strip().startswith(f"petpipe: error: {message}")
     assert "Traceback" not in err
-
-
-def test_malformed_annotation_line_is_named(tiny_data, tmp_path, capsys):
-    import shutil
-
-    data = tmp_path / "data"
-    shutil.copytree(tiny_data, data)
-    with open(data / "annotations" / "test.txt", "a") as f:
-        f.write("Bengal_99 6 1\n")
-    lines = (data / "annotations" / "test.txt").read_text().count("\n")
-    assert main(["run", "--data-dir", str(data), "--work-dir", str(tmp_path / "w")]) == 2
-    err = capsys.readouterr().err
-    assert f"test.txt:{lines}: expected 4 columns" in err and "Traceback" not in err
 
 
 def test_predict_prints_species_breed_and_top5(exported_model, tmp_path, capsys):

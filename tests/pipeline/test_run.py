@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from components.ingest import image_path, parse_annotation_text
+from components.ingest import label_record, read_oxford_annotations
 from pipeline.config import load_config
 from pipeline.run import run_pipeline
 from serving.server import start_server
@@ -34,6 +34,7 @@ def test_export_and_smoke_query(default_run):
     config, summary = default_run
     assert summary.version == 1
     assert summary.version_path == os.path.join(config.model_base_path, "1")
+    assert summary.trained_on == [os.path.join(config.tfrecord_root, "span-0")]
     assert os.path.isfile(os.path.join(summary.version_path, "saved_model.pb"))
     assert len(summary.answers) == 3 and all("breed" in line and "top-5" in line for line in summary.answers)
 
@@ -41,11 +42,11 @@ def test_export_and_smoke_query(default_run):
 def test_grpc_predict_on_test_images(default_run, hierarchy):
     config, summary = default_run
     test_file = os.path.join(summary.data_dir, "annotations", "test.txt")
-    with open(test_file) as f:
-        records = parse_annotation_text(f.read(), test_file, hierarchy)[::9]  # 74 images, every breed
+    sources = read_oxford_annotations(test_file, os.path.join(summary.data_dir, "images"), 0.0)[::9]
+    records = [label_record(r, hierarchy) for r in sources]  # 74 images, every breed
     images = []
-    for record in records:
-        with open(image_path(summary.data_dir, record), "rb") as f:
+    for source in sources:
+        with open(source.image_path, "rb") as f:
             images.append(f.read())
     server = start_server(config.model_base_path, "pets", port=0)
     try:

@@ -1,0 +1,280 @@
+"""The data stage: one Beam job per span — source → ingest → preprocess → TFRecords + quarantine + statistics —
+then the checks that decide whether the span may be trained on:
+
+* every record accounted for: written + quarantined == distinct records, per split (else a bug: error);
+* quarantined / records ≤ data.max_bad_fraction (else DataThresholdError, after the quarantine is written);
+* statistics validated against the schema and the previous successful span (severe anomalies: ValidationError).
+
+Spans: an input directory holding `span-<N>/` subdirectories (TFX's {SPAN} convention) is ingested span by span
+(`data.spans`: latest | all | N | N-M); any other input is span 0. Output: `<tfrecord_root>/span-<N>/`;
+successful spans are recorded in `<work_dir>/spans.json`, which is what the trainer reads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+
+from components.ingest import SPLITS
+from pipeline.config import DataConfig, PipelineConfig
+from pipeline.errors import ConfigError, DataError, DataThresholdError, ValidationError
+from schemas import Hierarchy, write_schema
+
+log = logging.getLogger("petpipe")
+SPAN_DIR = re.compile(r"^span-(\d+)$")
+SPANS_FILE = "spans.json"
+BASELINE_STATISTICS = "baseline_statistics.json"
+
+
+@dataclass
+class SpanResult:
+    span: int
+    tfrecord_dir: str
+    records: dict[str, int]  # distinct records per split
+    written: dict[str, int]
+    quarantined: dict[str, int]
+    reasons: dict[str, int]
+    unannotated_images: int = 0
+    ignored_files: int = 0
+    duplicate_lines: int = 0
+    anomalies: list[str] = field(default_factory=list)
+
+    @property
+    def bad_fraction(self) -> float:
+        return sum(self.quarantined.values()) / max(1, sum(self.records.values()))
+
+
+# --- spans -----------------------------------------------------------------------------------------------------
+def available_spans(input_base: str) -> list[int]:
+    """Span numbers of the `span-<N>` subdirectories of `input_base`; [] when it has none (or is a file)."""
+    if not os.path.isdir(input_base):
+        return []
+    return sorted(int(m.group(1)) for name in os.listdir(input_base) if (m := SPAN_DIR.match(name)))
+
+
+def select_spans(available: list[int], spec: str) -> list[int]:
+    """latest | all | N | N-M → the spans to ingest, checked against what exists."""
+    spec = spec.strip().lower()
+    if spec == "latest":
+        return available[-1:]
+    if spec == "all":
+        return list(available)
+    match = re.fullmatch(r"(\d+)(?:-(\d+))?", spec)
+    if not match:
+        raise ConfigError(f"data.spans: expected latest, all, N or N-M; got {spec!r}")
+    low, high = int(match.group(1)), int(match.group(2) or match.group(1))
+    wanted = [s for s in available if low <= s <= high]
+    if not wanted:
+        raise DataError(f"data.spans={spec}: no span-<N> directory in that range (available: {available})")
+    return wanted
+
+
+def load_spans(work_dir: str) -> dict[int, dict]:
+    path = os.path.join(work_dir, SPANS_FILE)
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return {int(k): v for k, v in json.load(f).items()}
+
+
+def record_span(work_dir: str, result: SpanResult, source: str) -> None:
+    spans = load_spans(work_dir)
+    spans[result.span] = {"source": source, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **asdict(result)}
+    tmp = os.path.join(work_dir, SPANS_FILE + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump({str(k): v for k, v in sorted(spans.items())}, f, indent=2)
+    os.replace(tmp, os.path.join(work_dir, SPANS_FILE))
+
+
+def span_window(work_dir: str, window: int) -> list[str]:
+    """TFRecord directories of the last `window` successfully ingested spans (oldest first)."""
+    spans = load_spans(work_dir)
+    if not spans:
+        raise DataError(f"{os.path.join(work_dir, SPANS_FILE)}: no ingested span to train on")
+    return [spans[s]["tfrecord_dir"] for s in sorted(spans)[-window:]]
+
+
+# --- the Beam job ----------------------------------------------------------------------------------------------
+def _folder_records(root: str):
+    """Class-folder records; files that are not images at <species>/<breed>/ depth are counted as ignored."""
+    from components.ingest import count
+    from components.sources import ClassFolders
+
+    folders = ClassFolders(root)
+    yield from folders
+    for path, why in folders.skipped:
+        log.info("ignored %s: %s", path, why)
+    count("ignored_files", len(folders.skipped))
+
+
+def _read_source(pipeline, data: DataConfig, data_dir: str | None):
+    """(PCollection of SourceRecord | Quarantined, PCollection of existing image keys or None)."""
+    import apache_beam as beam
+
+    from components import ingest, sources
+
+    if data.source == "oxford":
+        annotation_paths = ingest.check_layout(data_dir)
+        images_dir = os.path.join(data_dir, "images")
+        parsed = (
+            pipeline
+            | "AnnotationFiles" >> beam.Create(annotation_paths)
+            | "ParseAnnotations"
+            >> beam.FlatMap(ingest.read_oxford_annotations, images_dir=images_dir, eval_fraction=data.eval_fraction)
+        )
+        listing = pipeline | "ListImages" >> beam.Create(ingest.image_stems(images_dir))
+        return parsed, listing
+    if data.source == "folders":
+        if not os.path.isdir(data_dir):
+            raise DataError(f"{data_dir}: class-folder root not found (expected <species>/<breed>/*.jpg)")
+        return pipeline | "Root" >> beam.Create([data_dir]) | "ListFolders" >> beam.FlatMap(_folder_records), None
+    if data.source == "csv":
+        manifest = os.path.join(data_dir, "manifest.csv") if os.path.isdir(data_dir) else data_dir
+        if not os.path.isfile(manifest):
+            raise DataError(f"{manifest}: CSV manifest not found (columns path,species,breed)")
+        return pipeline | "Manifest" >> beam.Create([manifest]) | "ReadManifest" >> beam.FlatMap(
+            sources.read_csv_manifest
+        ), None
+    if data.source == "tfds":
+        return pipeline | "TfdsSplits" >> beam.Create(["train", "test"]) | "ReadTfds" >> beam.FlatMap(
+            lambda split: sources.read_tfds(data.tfds_name, data.tfds_data_dir, split)
+        ), None
+    raise ConfigError(f"unknown data.source {data.source!r}")
+
+
+def _write_json(value, path: str) -> None:
+    with open(path, "w") as f:
+        json.dump(value, f, indent=1)
+
+
+def run_span_job(
+    config: PipelineConfig, data_dir: str | None, span: int, hierarchy: Hierarchy, schema, beam_args
+) -> SpanResult:
+    """Ingest + preprocess + statistics for one span into `<tfrecord_root>/span-<span>/`; checks the invariant."""
+    import apache_beam as beam
+
+    from components.ingest import QUARANTINE, IngestRecords
+    from components.preprocess import EncodeExamples, WriteQuarantine, WriteSplits
+    from components.statistics import ComputeStatistics
+    from pipeline.beam_runner import make_pipeline, user_error
+
+    data, pre = config.data, config.preprocess
+    out_dir = os.path.join(config.tfrecord_root, f"span-{span}")
+    staging = out_dir + ".staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    pipeline = make_pipeline(beam_args)
+    runner = type(pipeline.runner).__name__
+    log.info("ingest+preprocess: span %d from %s (Beam %s)", span, data_dir or data.source, runner)
+    test_fraction = data.test_fraction if data.source in ("folders", "csv") else 0.0
+    try:
+        with pipeline:
+            parsed, listing = _read_source(pipeline, data, data_dir)
+            ingested = parsed | "Ingest" >> IngestRecords(hierarchy, data.eval_fraction, test_fraction, listing)
+            encoded = ingested["images"] | "Preprocess" >> EncodeExamples(
+                pre.image_size, pre.jpeg_quality, hierarchy, data.min_image_side, data.max_image_pixels
+            )
+            _ = encoded["examples"] | "WriteTFRecords" >> WriteSplits(staging, pre.num_shards)
+            quarantine = (
+                (ingested[QUARANTINE], encoded[QUARANTINE])
+                | "AllQuarantine" >> beam.Flatten()
+                | "WriteQuarantine" >> WriteQuarantine(staging)
+            )
+            quarantine_items = quarantine | "QuarantineItems" >> beam.Map(lambda q: (q.split, q.reason))
+            _ = (
+                encoded["examples"]
+                | "StatItems" >> beam.Map(lambda e: (e.split, e.serialized, e.width, e.height, e.nbytes))
+                | "Statistics" >> ComputeStatistics(schema, hierarchy, quarantined=quarantine_items)
+                | "WriteStatistics" >> beam.Map(_write_json, os.path.join(staging, "statistics.json"))
+            )
+    except Exception as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        error = user_error(exc)
+        if error is None:
+            raise
+        raise error from None
+
+    counters: dict[str, int] = {}
+    for counter in pipeline.result.metrics().query()["counters"]:  # the same name may count in several steps
+        counters[counter.key.metric.name] = counters.get(counter.key.metric.name, 0) + counter.committed
+    result = SpanResult(
+        span=span,
+        tfrecord_dir=out_dir,
+        records={s: int(counters.get(f"records_{s}", 0)) for s in SPLITS},
+        written={s: int(counters.get(f"written_{s}", 0)) for s in SPLITS},
+        quarantined={s: int(counters.get(f"quarantined_{s}", 0)) for s in SPLITS},
+        reasons={k[len("reason_") :]: int(v) for k, v in counters.items() if k.startswith("reason_")},
+        unannotated_images=int(counters.get("unannotated_images", 0)),
+        ignored_files=int(counters.get("ignored_files", 0)),
+        duplicate_lines=int(counters.get("duplicate_lines", 0)),
+    )
+    write_schema(schema, os.path.join(staging, "schema.pbtxt"))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.rename(staging, out_dir)
+    check_accounting(result)
+    return result
+
+
+def check_accounting(result: SpanResult) -> None:
+    """written + quarantined == records for every split, or the pipeline lost (or invented) data."""
+    for split in SPLITS:
+        written, quarantined, records = result.written[split], result.quarantined[split], result.records[split]
+        if written + quarantined != records:
+            raise DataError(
+                f"span {result.span} {split}: {written} written + {quarantined} quarantined != {records} records — "
+                "records were lost; this is a petpipe bug, please report it with the data set"
+            )
+
+
+def validate_span(config: PipelineConfig, result: SpanResult, hierarchy: Hierarchy, schema) -> tuple[list[str], list]:
+    """Validate the span's statistics against the schema and the previous successful span; write the report."""
+    from components.statistics import format_anomalies, validate, write_report
+
+    with open(os.path.join(result.tfrecord_dir, "statistics.json")) as f:
+        statistics = json.load(f)
+    baseline_path = os.path.join(config.work_dir, BASELINE_STATISTICS)
+    previous = None
+    if os.path.exists(baseline_path):
+        with open(baseline_path) as f:
+            previous = json.load(f)
+    anomalies = validate(statistics, schema, hierarchy, previous, config.validation)
+    write_report(os.path.join(result.tfrecord_dir, "validation.json"), statistics, anomalies)
+    return format_anomalies(anomalies), anomalies
+
+
+def ingest_spans(
+    config: PipelineConfig, data_dir: str | None, hierarchy: Hierarchy, schema, beam_args
+) -> list[SpanResult]:
+    """Run the data stage for every selected span; each must pass its checks before it is recorded."""
+    spans = available_spans(data_dir) if data_dir and config.data.source != "tfds" else []
+    selected = select_spans(spans, config.data.spans) if spans else [0]
+    results = []
+    for span in selected:
+        span_input = os.path.join(data_dir, f"span-{span}") if spans else data_dir
+        result = run_span_job(config, span_input, span, hierarchy, schema, beam_args)
+        quarantine_dir = os.path.join(result.tfrecord_dir, "quarantine")
+        if result.bad_fraction > config.data.max_bad_fraction:
+            raise DataThresholdError(
+                f"span {span}: {sum(result.quarantined.values())} of {sum(result.records.values())} records "
+                f"({result.bad_fraction:.1%}) quarantined, above data.max_bad_fraction "
+                f"{config.data.max_bad_fraction:.1%}; see {quarantine_dir}/*.jsonl"
+            )
+        result.anomalies, anomalies = validate_span(config, result, hierarchy, schema)
+        for line in result.anomalies:
+            log.warning("validation: span %d: %s", span, line)
+        severe = [a for a in anomalies if a.severe]
+        if severe:
+            raise ValidationError(
+                f"span {span}: {len(severe)} severe anomalies, not training on it: {severe[0].message}"
+                f" (all in {os.path.join(result.tfrecord_dir, 'validation.json')})"
+            )
+        shutil.copyfile(
+            os.path.join(result.tfrecord_dir, "statistics.json"), os.path.join(config.work_dir, BASELINE_STATISTICS)
+        )
+        record_span(config.work_dir, result, config.data.source)
+        results.append(result)
+    return results
