@@ -25,6 +25,7 @@ class DataConfig:
     data_dir: str | None = None  # oxford/folders: a directory; csv: the manifest; None: the embedded data set
     tfds_name: str = "oxford_iiit_pet"
     tfds_data_dir: str | None = None  # a TFDS data_dir where tfds_name has been prepared (never downloaded here)
+    tfds_splits: tuple[str, ...] = ("train", "test")  # TFDS train → our train/eval, TFDS test → our test
     spans: str = "latest"  # with span-<N>/ subdirectories: latest | all | N | N-M
     hierarchy: str | None = None  # label hierarchy JSON; None: schemas/hierarchy.json (Oxford-IIIT Pet)
     per_breed: int = 60  # images per breed when generating

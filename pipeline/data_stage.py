@@ -141,7 +141,7 @@ def _read_source(pipeline, data: DataConfig, data_dir: str | None):
             sources.read_csv_manifest
         ), None
     if data.source == "tfds":
-        return pipeline | "TfdsSplits" >> beam.Create(["train", "test"]) | "ReadTfds" >> beam.FlatMap(
+        return pipeline | "TfdsSplits" >> beam.Create(list(data.tfds_splits)) | "ReadTfds" >> beam.FlatMap(
             lambda split: sources.read_tfds(data.tfds_name, data.tfds_data_dir, split)
         ), None
     raise ConfigError(f"unknown data.source {data.source!r}")
