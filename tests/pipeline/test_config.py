@@ -12,7 +12,7 @@ def test_defaults_file_then_flags(tmp_path):
     assert config.train.filters == (8, 16)
     assert config.data.eval_fraction == 0.2
     assert config.model_base_path == "/srv/models/pets"
-    assert config.tfrecord_dir == "w/tfrecords"
+    assert config.tfrecord_root == "w/tfrecords"
     assert load_config().train == PipelineConfig().train
 
 
