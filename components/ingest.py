@@ -13,8 +13,8 @@ Sources: the Oxford-IIIT Pet raw layout (`images/<Image>.jpg`, `annotations/{tra
 Splits: test.txt → test; trainval → eval for a stable `eval_fraction` of image keys (SHA-256), else train;
 sources without a test list hash `test_fraction` of keys into test as well.
 
-Pure core: parse_oxford_line, assign_split, label_record, resolve_duplicates, read_image_bytes.
-Beam shell: IngestRecords.
+Pure core: parse_oxford_line / read_oxford_annotations, assign_split, resolve_duplicates, label_record,
+read_image_bytes. Beam shell: IngestRecords (group by image key, resolve, read).
 """
 
 from __future__ import annotations
@@ -179,9 +179,14 @@ def _where(provenance: Provenance) -> tuple[str, int | None]:
     return provenance.source, provenance.line_no
 
 
+def in_file_order(records: list[SourceRecord]) -> list[SourceRecord]:
+    return sorted(records, key=lambda r: (r.provenance.source, r.provenance.line_no or 0))
+
+
 def resolve_duplicates(key: str, records: list[SourceRecord]) -> tuple[SourceRecord, int]:
-    """The one record for `key` and how many identical duplicates it had; Rejected if the copies disagree."""
-    first, *others = sorted(records, key=lambda r: (r.provenance.source, r.provenance.line_no or 0))
+    """The one record for `key` (its first mention) and how many identical duplicates it had; Rejected if the
+    copies disagree."""
+    first, *others = in_file_order(records)
     conflicting = [r for r in others if not first.same_labels(r)]
     if conflicting:
         places = ", ".join(str(r.provenance) for r in [first, *others])
@@ -211,6 +216,9 @@ def count(name: str, by: int = 1) -> None:
     beam.metrics.Metrics.counter("ingest", name).inc(by)
 
 
+READ_REASONS = {rec.MISSING_FILE, rec.UNREADABLE_FILE, rec.EMPTY_FILE}
+
+
 class _ResolveFn(beam.DoFn):
     """(key, {records, files}) → one LabelledImage, or a Quarantined entry; counts every distinct record."""
 
@@ -225,7 +233,7 @@ class _ResolveFn(beam.DoFn):
         if not records:
             count("unannotated_images")  # an image nobody labelled: reported, not a record
             return
-        first = min(records, key=lambda r: (r.provenance.source, r.provenance.line_no or 0))
+        first = in_file_order(records)[0]
         split = assign_split(key, first.split_hint, *self.fractions)
         count(f"records_{split}")
         try:
@@ -242,9 +250,6 @@ class _ResolveFn(beam.DoFn):
             )
             return
         yield LabelledImage(labelled, split, record.image_path or record.provenance.source, data)
-
-
-READ_REASONS = {rec.MISSING_FILE, rec.UNREADABLE_FILE, rec.EMPTY_FILE}
 
 
 def _count_parse_quarantine(entry: Quarantined) -> Quarantined:

@@ -82,13 +82,24 @@ def load_spans(work_dir: str) -> dict[int, dict]:
         return {int(k): v for k, v in json.load(f).items()}
 
 
-def record_span(work_dir: str, result: SpanResult, source: str) -> None:
-    spans = load_spans(work_dir)
-    spans[result.span] = {"source": source, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **asdict(result)}
+def _save_spans(work_dir: str, spans: dict[int, dict]) -> None:
     tmp = os.path.join(work_dir, SPANS_FILE + ".tmp")
     with open(tmp, "w") as f:
         json.dump({str(k): v for k, v in sorted(spans.items())}, f, indent=2)
     os.replace(tmp, os.path.join(work_dir, SPANS_FILE))
+
+
+def record_span(work_dir: str, result: SpanResult, source: str) -> None:
+    spans = load_spans(work_dir)
+    spans[result.span] = {"source": source, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **asdict(result)}
+    _save_spans(work_dir, spans)
+
+
+def forget_span(work_dir: str, span: int) -> None:
+    """Its output is about to be replaced: until the new one passes its checks, the span is not trainable."""
+    spans = load_spans(work_dir)
+    if spans.pop(span, None) is not None:
+        _save_spans(work_dir, spans)
 
 
 def span_window(work_dir: str, window: int) -> list[str]:
@@ -251,10 +262,13 @@ def ingest_spans(
 ) -> list[SpanResult]:
     """Run the data stage for every selected span; each must pass its checks before it is recorded."""
     spans = available_spans(data_dir) if data_dir and config.data.source != "tfds" else []
+    if not spans and config.data.spans != "latest":
+        raise ConfigError(f"data.spans={config.data.spans}: {data_dir or 'the input'} has no span-<N> subdirectories")
     selected = select_spans(spans, config.data.spans) if spans else [0]
     results = []
     for span in selected:
         span_input = os.path.join(data_dir, f"span-{span}") if spans else data_dir
+        forget_span(config.work_dir, span)
         result = run_span_job(config, span_input, span, hierarchy, schema, beam_args)
         quarantine_dir = os.path.join(result.tfrecord_dir, "quarantine")
         if result.bad_fraction > config.data.max_bad_fraction:

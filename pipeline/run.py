@@ -113,17 +113,18 @@ def smoke_query(model_base_path: str, model_name: str, tfrecord_dir: str, hierar
     from serving.server import start_server
 
     files = sorted(tf.io.gfile.glob(split_pattern(tfrecord_dir, "test")))
-    picked = []
-    for serialized in tf.data.TFRecordDataset(files, compression_type="GZIP").take(how_many):
-        example = tf.train.Example.FromString(serialized.numpy())
-        feature = example.features.feature
-        picked.append(
+    tests = []
+    for serialized in tf.data.TFRecordDataset(files, compression_type="GZIP"):
+        feature = tf.train.Example.FromString(serialized.numpy()).features.feature
+        tests.append(
             (
                 feature[IMAGE_FILENAME].bytes_list.value[0].decode(),
                 hierarchy.breeds[feature[LABEL_BREED].int64_list.value[0]].name,
                 feature[IMAGE_ENCODED].bytes_list.value[0],
             )
         )
+    tests.sort()  # by file name, i.e. by breed: evenly spaced picks show different breeds
+    picked = tests[:: max(1, len(tests) // how_many)][:how_many]
     if not picked:
         return []
     server = start_server(model_base_path, model_name, host="127.0.0.1", port=0)

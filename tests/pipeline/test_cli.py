@@ -48,6 +48,10 @@ def test_run_on_tiny_data_prints_summary_and_never_touches_prism(tiny_data, tmp_
         (["run", "--source", "tfds"], "data.source=tfds needs --tfds-data-dir"),
         (["run", "--set", "data.source=s3"], "data.source must be one of oxford, folders, csv, tfds; got 's3'"),
         (["run", "--source", "csv", "--data-dir", "/nonexistent.csv"], "/nonexistent.csv: CSV manifest not found"),
+        (
+            ["run", "--source", "csv", "--data-dir", "/", "--spans", "2"],
+            "data.spans=2: / has no span-<N> subdirectories",
+        ),
         (["predict", "/nonexistent.jpg"], "/nonexistent.jpg: cannot read image"),
         (["serve", "--model-base-path", "/nonexistent/models"], "/nonexistent/models: model base path not found"),
     ],
