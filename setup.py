@@ -24,6 +24,8 @@ setup(
         "importlib_resources>=6",  # TFDS 4.9.x imports it to prepare data sets but does not declare it
         "numpy>=1.26,<3",
         "pillow>=10",  # the embedded data set generator encodes JPEGs with it
+        "matplotlib>=3.8",  # the plots of the per-run HTML report
+        "tensorboard>=2.20",  # training logs (tensorflow 2.21 no longer installs it)
         "grpcio>=1.60",
         "protobuf>=5.28,<7",
     ],

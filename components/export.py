@@ -6,8 +6,9 @@ Signatures (both with the same outputs):
 Outputs: species_probs [N,S], species [N], <species>_breed_probs [N,B_s] (conditional on the species),
 breed_probs [N,B] (joint p(species)·p(breed|species), global CLASS-ID order, sums to 1), and the answer decoded
 top-down by components.model.hierarchical_answer: species [N], breed [N] (a breed of that species),
-top_k_breeds [N,k] and top_k_scores [N,k] (joint probabilities). Label names are read from assets/ (breeds.txt,
-species.txt).
+species_uncertain [N] (top species probability below export.species_uncertainty_threshold; then the top-k
+come from all species), top_k_breeds [N,k] and top_k_scores [N,k] (joint probabilities). Label names are
+read from assets/ (breeds.txt, species.txt).
 
 The version is written under a staging name that TF Serving ignores (not an integer) and renamed into place,
 so a watching server never sees a partial model.
@@ -47,12 +48,18 @@ def _label_table(path: str) -> tf.lookup.StaticHashTable:
 class ServingModule(tf.Module):
     """The multi-head Keras model wrapped with in-graph decoding and named, labelled outputs."""
 
-    def __init__(self, model, hierarchy: Hierarchy, image_size: int, top_k: int, vocab_dir: str):
+    def __init__(
+        self, model, hierarchy: Hierarchy, image_size: int, top_k: int, vocab_dir: str, uncertainty_threshold: float
+    ):
         super().__init__()
         self.model = model
+        # Keras 3 does not expose some state (e.g. the seed generators of augmentation layers, idle at serving
+        # time but captured by the traced graph) to tf.Module tracking: list every variable so it is saved.
+        self.model_variables = [getattr(v, "value", v) for v in model.variables]
         self._hierarchy = hierarchy
         self._image_size = image_size
         self._top_k = top_k
+        self._uncertainty_threshold = uncertainty_threshold
         self.breed_names = _label_table(os.path.join(vocab_dir, "breeds.txt"))
         self.species_names = _label_table(os.path.join(vocab_dir, "species.txt"))
 
@@ -64,10 +71,11 @@ class ServingModule(tf.Module):
             fn_output_signature=tf.TensorSpec([size, size, 3], tf.uint8),
         )
         outputs = self.model(tf.cast(images, tf.float32), training=False)
-        answer = hierarchical_answer(outputs, self._hierarchy, self._top_k)
+        answer = hierarchical_answer(outputs, self._hierarchy, self._top_k, self._uncertainty_threshold)
         result = {
             "species_probs": outputs[SPECIES_HEAD],
             "species": self.species_names.lookup(tf.cast(answer["species"], tf.int64)),
+            "species_uncertain": answer["species_uncertain"],
             "breed_probs": answer["breed_probs"],
             "breed": self.breed_names.lookup(tf.cast(answer["breed"], tf.int64)),
             "top_k_breeds": self.breed_names.lookup(tf.cast(answer["top_k_breeds"], tf.int64)),
@@ -102,6 +110,7 @@ def export_model(
     image_size: int,
     top_k: int = 5,
     metadata: dict | None = None,
+    uncertainty_threshold: float = 0.0,
 ) -> tuple[int, str]:
     """Save a new version atomically; returns (version, path). Versions increase strictly: max existing + 1."""
     tf.io.gfile.makedirs(model_base_path)
@@ -111,7 +120,7 @@ def export_model(
             f.write("".join(f"{name}\n" for name in hierarchy.breed_names))
         with open(os.path.join(vocab_dir, "species.txt"), "w") as f:
             f.write("".join(f"{name}\n" for name in hierarchy.species))
-        module = ServingModule(model, hierarchy, image_size, top_k, vocab_dir)
+        module = ServingModule(model, hierarchy, image_size, top_k, vocab_dir, uncertainty_threshold)
         signatures = {
             DEFAULT_SIGNATURE: module.serve_image_bytes.get_concrete_function(),
             EXAMPLES_SIGNATURE: module.serve_examples.get_concrete_function(),

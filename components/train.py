@@ -6,11 +6,17 @@ preprocessing and serving.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+
 import keras
 import tensorflow as tf
 
 from components.model import SPECIES_HEAD, breed_head, build_multihead_model, compile_multihead
-from components.preprocess import decode_and_resize, split_pattern
+from components.preprocess import TFRECORD_SUFFIX, decode_and_resize, split_pattern
 from pipeline.config import TrainConfig
 from pipeline.errors import DataError
 from schemas import IMAGE_ENCODED, LABEL_BREED, LABEL_SPECIES, Hierarchy, breed_feature
@@ -38,13 +44,13 @@ def parse_labelled_example(serialized: tf.Tensor, spec: dict, hierarchy: Hierarc
     return image, labels
 
 
-def _files(patterns: str | list[str]) -> list[str]:
+def tfrecord_files(patterns: str | list[str]) -> list[str]:
     patterns = [patterns] if isinstance(patterns, str) else patterns
     return sorted(f for p in patterns for f in tf.io.gfile.glob(p))
 
 
 def count_records(patterns: str | list[str]) -> int:
-    return sum(1 for _ in tf.data.TFRecordDataset(_files(patterns), compression_type="GZIP"))
+    return sum(1 for _ in tf.data.TFRecordDataset(tfrecord_files(patterns), compression_type="GZIP"))
 
 
 def make_dataset(
@@ -63,7 +69,7 @@ def make_dataset(
     The decoded images are cached in memory after the first pass (64 px × 3 bytes each); with `training`, the
     order is reshuffled every epoch and images get a random left-right flip (pets are symmetric).
     """
-    files = _files(patterns)
+    files = tfrecord_files(patterns)
     if not files:
         raise DataError(f"{patterns}: no TFRecord files; run the preprocess stage first")
     records = count_records(files)
@@ -100,16 +106,88 @@ class _EpochProgress(keras.callbacks.Callback):
         self.log(f"  epoch {epoch + 1}/{self.epochs}: {text}")
 
 
-def train_model(
-    config: TrainConfig,
-    tfrecord_dirs: list[str],
-    schema,
-    hierarchy: Hierarchy,
-    image_size: int,
-    log=print,
-) -> tuple[keras.Model, dict]:
-    """Fit the multi-head model on the train split of the given spans, validating on eval; (model, history)."""
-    keras.utils.set_random_seed(config.seed)
+class CheckpointError(Exception):
+    """The resume checkpoint exists but cannot be read."""
+
+
+class _BackupAndRestore(keras.callbacks.BackupAndRestore):
+    """Keras's epoch checkpoints for resuming, with an unreadable checkpoint reported as such."""
+
+    def on_train_begin(self, logs=None):
+        try:
+            super().on_train_begin(logs)
+        except Exception as exc:
+            raise CheckpointError(f"{self.backup_dir}: cannot restore the checkpoint ({exc})") from exc
+
+
+def prepare_checkpoints(checkpoint_dir: str, fingerprint: str, resume: bool, log) -> None:
+    """Keep the checkpoint of an interrupted run only if it was made for the same data and settings."""
+    marker = os.path.join(checkpoint_dir, "fingerprint")
+    if os.path.isdir(checkpoint_dir):
+        previous = ""
+        if os.path.exists(marker):
+            with open(marker) as f:
+                previous = f.read()
+        if not resume or previous != fingerprint:
+            why = "train.resume=false" if not resume else "made for other data or settings"
+            log(f"  discarding checkpoint {checkpoint_dir}: {why}")
+            shutil.rmtree(checkpoint_dir)
+        else:
+            log(f"  resuming from checkpoint {checkpoint_dir}")
+    os.makedirs(checkpoint_dir, exist_ok=True)
+    with open(marker, "w") as f:
+        f.write(fingerprint)
+
+
+def fit(model, train, validation, config: TrainConfig, log, run_dir: str | None = None, fingerprint: str = "") -> dict:
+    """model.fit with the callbacks every architecture gets: epoch progress; with a run_dir, per-epoch checkpoints
+    that a re-run resumes from (ending at the same epoch count) and TensorBoard logs; early stopping on val_loss.
+    The model must be compiled. Returns the Keras history dict."""
+    callbacks = [_EpochProgress(log, config.epochs)]
+    checkpoint_dir = None
+    if run_dir:
+        checkpoint_dir = os.path.join(run_dir, "checkpoints")
+        prepare_checkpoints(checkpoint_dir, fingerprint, config.resume, log)
+        callbacks += [
+            _BackupAndRestore(checkpoint_dir, delete_checkpoint=True),
+            keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"), write_graph=False),
+        ]
+    if validation is not None and config.early_stopping_patience:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=config.early_stopping_patience, restore_best_weights=True
+            )
+        )
+    kwargs = dict(validation_data=validation, epochs=config.epochs, shuffle=False, verbose=0, callbacks=callbacks)
+    try:
+        history = model.fit(train, **kwargs)  # shuffle=False: tf.data already reshuffles every epoch
+    except CheckpointError as exc:
+        log(f"  {exc}; discarding it and training from the start")
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        prepare_checkpoints(checkpoint_dir, fingerprint, config.resume, log)
+        history = model.fit(train, **kwargs)
+    return history.history
+
+
+def balanced_class_weights(tfrecord_dirs: list[str], hierarchy: Hierarchy) -> dict[str, list[float]]:
+    """Per species, n_species / (n_breeds · n_breed) for each breed, from the train split's statistics; breeds
+    without examples get 1. Clipped to [0.1, 10] so a nearly absent breed cannot dominate a head."""
+    counts = {b: 0 for b in hierarchy.breed_names}
+    for directory in tfrecord_dirs:
+        with open(os.path.join(directory, "statistics.json")) as f:
+            for breed, n in json.load(f)["train"]["breeds"].items():
+                counts[breed] = counts.get(breed, 0) + n
+    weights = {}
+    for species, breeds in hierarchy.breeds_of.items():
+        total = sum(counts[b.name] for b in breeds)
+        weights[species] = [
+            min(10.0, max(0.1, total / (len(breeds) * counts[b.name]))) if counts[b.name] else 1.0 for b in breeds
+        ]
+    return weights
+
+
+def training_data(config: TrainConfig, tfrecord_dirs: list[str], schema, hierarchy: Hierarchy, image_size: int):
+    """(train, validation or None) datasets over the spans' TFRecords."""
     train = make_dataset(
         [split_pattern(d, "train") for d in tfrecord_dirs],
         schema,
@@ -122,21 +200,55 @@ def train_model(
     )
     eval_patterns = [split_pattern(d, "eval") for d in tfrecord_dirs]
     validation = None
-    if _files(eval_patterns):  # data.eval_fraction=0 leaves the eval shards empty
+    if tfrecord_files(eval_patterns):  # data.eval_fraction=0 leaves the eval shards empty
         validation = make_dataset(eval_patterns, schema, hierarchy, image_size, config.batch_size, False)
         if int(validation.cardinality()) == 0:
             validation = None
-    model = build_multihead_model(hierarchy, image_size, config.filters, config.dropout)
+    return train, validation
+
+
+def fingerprint_of(config: TrainConfig, tfrecord_dirs: list[str], image_size: int) -> str:
+    """Identifies a training job: its settings and the exact TFRecord files (names, sizes, times)."""
+    files = sorted(f for d in tfrecord_dirs for f in tf.io.gfile.glob(os.path.join(d, "*", "*" + TFRECORD_SUFFIX)))
+    stamp = [(f, os.path.getsize(f), os.path.getmtime(f)) for f in files]
+    text = json.dumps([dataclasses.asdict(config), image_size, stamp], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def train_model(
+    config: TrainConfig,
+    tfrecord_dirs: list[str],
+    schema,
+    hierarchy: Hierarchy,
+    image_size: int,
+    log=print,
+    run_dir: str | None = None,
+    warm_start_weights: str | None = None,
+) -> tuple[keras.Model, dict]:
+    """Fit the multi-head model on the train split of the given spans, validating on eval; (model, history)."""
+    keras.utils.set_random_seed(config.seed)
+    train, validation = training_data(config, tfrecord_dirs, schema, hierarchy, image_size)
+    model = build_multihead_model(
+        hierarchy,
+        image_size,
+        config.filters,
+        config.dropout,
+        config.backbone,
+        config.backbone_weights,
+        config.augment,
+        config.seed,
+    )
+    if warm_start_weights:
+        try:
+            model.load_weights(warm_start_weights)
+            log(f"  warm start from {warm_start_weights}")
+        except Exception as exc:  # another architecture or hierarchy: train from scratch, but say so
+            log(f"  not warm-starting from {warm_start_weights}: {str(exc).splitlines()[0]}")
     steps_per_epoch = int(train.cardinality())
     # Cosine decay to zero: the last epochs take small steps, so the exported weights do not jitter.
     learning_rate = keras.optimizers.schedules.CosineDecay(config.learning_rate, config.epochs * steps_per_epoch)
-    compile_multihead(model, hierarchy, learning_rate, config.breed_loss_weight)
-    history = model.fit(
-        train,
-        validation_data=validation,
-        epochs=config.epochs,
-        shuffle=False,  # tf.data already reshuffles every epoch
-        verbose=0,
-        callbacks=[_EpochProgress(log, config.epochs)],
-    )
-    return model, history.history
+    class_weights = balanced_class_weights(tfrecord_dirs, hierarchy) if config.class_weights else None
+    compile_multihead(model, hierarchy, learning_rate, config.breed_loss_weight, class_weights)
+    fingerprint = fingerprint_of(config, tfrecord_dirs, image_size)
+    history = fit(model, train, validation, config, log, run_dir, fingerprint)
+    return model, history

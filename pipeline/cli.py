@@ -14,10 +14,12 @@ import sys
 from pipeline.errors import PetpipeError
 
 log = logging.getLogger("petpipe")
+EXIT_NOT_BLESSED = 5
 
 RUN_EPILOG = """\
-Exit codes: 0 done, 2 error (bad input or config), 3 too many records quarantined (--max-bad-fraction),
-4 severe data anomalies (see the span's validation.json); nothing is trained or exported after 3 or 4.
+Exit codes: 0 done (candidate blessed and exported), 2 error (bad input or config), 3 too many records
+quarantined (--max-bad-fraction), 4 severe data anomalies (see the span's validation.json), 5 candidate not
+blessed (not exported; see the run's report). Nothing is trained after 3 or 4.
 
 Beam options: any flag not listed above goes to Apache Beam as is. Without --runner (or with
 --runner=DirectRunner) the pipeline runs locally on Beam's FnApiRunner, never downloading the Prism runner.
@@ -78,8 +80,9 @@ def _run(args, beam_args: list[str]) -> int:
     overrides = list(args.set) + [f"{key}={value}" for key, value in flags.items() if value is not None]
     config = load_config(args.config, overrides)
     summary = run_pipeline(config, beam_args)
-    print("\n".join(["", "petpipe run: done"] + summary.lines()))
-    return 0
+    blessed = summary.blessing.get("blessed", False)
+    print("\n".join(["", f"petpipe run: {'done' if blessed else 'done, candidate NOT blessed'}"] + summary.lines()))
+    return 0 if blessed else EXIT_NOT_BLESSED
 
 
 def _serve(args) -> int:

@@ -15,6 +15,8 @@ from pathlib import Path
 from pipeline.errors import ConfigError
 
 SOURCES = ("oxford", "folders", "csv", "tfds")
+ARCHITECTURES = ("multihead", "cascade")
+BACKBONES = ("simple", "mobilenet_v3_small")
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,14 @@ class TrainConfig:
     filters: tuple[int, ...] = (24, 48, 96, 192)  # backbone widths: strided stem, then conv + max-pool each
     dropout: float = 0.2
     breed_loss_weight: float = 1.0
+    architecture: str = "multihead"  # multihead (one backbone, three heads) | cascade (the seed's baseline)
+    backbone: str = "simple"  # simple | mobilenet_v3_small (keras.applications)
+    backbone_weights: str | None = None  # local .weights.h5 for the backbone; nothing is ever downloaded
+    augment: bool = True  # in-graph flip, shift and colour jitter, training only
+    class_weights: bool = True  # balanced per-breed weights in the breed losses, from the train statistics
+    early_stopping_patience: int = 5  # epochs without val_loss improvement before stopping; 0 = off
+    resume: bool = True  # continue an interrupted training from its last epoch checkpoint
+    warm_start: bool = True  # start from the blessed model's weights when its architecture matches
 
 
 @dataclass(frozen=True)
@@ -70,6 +80,18 @@ class ExportConfig:
     serving_dir: str | None = None  # None: work_dir/serving
     model_name: str = "pets"
     top_k: int = 5
+    species_uncertainty_threshold: float = 0.6  # below: species_uncertain, top-k from every species
+
+
+@dataclass(frozen=True)
+class BlessConfig:
+    """The gate between a trained candidate and the serving directory (TFX's Evaluator blessing)."""
+
+    # Absolute lower bounds, "metric>=value", on evaluator metric names (dotted for nested ones).
+    lower_bounds: tuple[str, ...] = ("species_accuracy>=0.9", "breed_top1_accuracy>=0.5")
+    # Metrics that must not drop by more than max_regression against the served model on the same test data.
+    no_regression: tuple[str, ...] = ("species_accuracy", "breed_top1_accuracy")
+    max_regression: float = 0.01
 
 
 @dataclass(frozen=True)
@@ -80,6 +102,7 @@ class PipelineConfig:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    bless: BlessConfig = field(default_factory=BlessConfig)
 
     @property
     def tfrecord_root(self) -> str:
@@ -209,6 +232,11 @@ def validate(config: PipelineConfig) -> None:
         (len(config.train.filters) >= 1, "train.filters needs at least one width"),
         (0.0 <= config.train.dropout < 1.0, "train.dropout must be in [0, 1)"),
         (config.export.top_k >= 1, "export.top_k must be at least 1"),
+        (0.0 <= config.export.species_uncertainty_threshold <= 1.0, "export.species_uncertainty_threshold: [0, 1]"),
+        (config.train.architecture in ARCHITECTURES, f"train.architecture must be one of {', '.join(ARCHITECTURES)}"),
+        (config.train.backbone in BACKBONES, f"train.backbone must be one of {', '.join(BACKBONES)}"),
+        (config.train.early_stopping_patience >= 0, "train.early_stopping_patience must be >= 0"),
+        (config.bless.max_regression >= 0, "bless.max_regression must be >= 0"),
         (
             config.export.model_name.replace("_", "").replace("-", "").isalnum(),
             "export.model_name: letters, digits, - and _ only",
@@ -217,6 +245,19 @@ def validate(config: PipelineConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    for bound in config.bless.lower_bounds:
+        parse_lower_bound(bound)
+
+
+def parse_lower_bound(text: str) -> tuple[str, float]:
+    """'species_accuracy>=0.9' → ('species_accuracy', 0.9); ConfigError naming the entry otherwise."""
+    name, sep, value = text.partition(">=")
+    try:
+        if not sep or not name.strip():
+            raise ValueError
+        return name.strip(), float(value)
+    except ValueError:
+        raise ConfigError(f"bless.lower_bounds: expected 'metric>=number', got {text!r}") from None
 
 
 def to_dict(config) -> dict:

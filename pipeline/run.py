@@ -26,7 +26,12 @@ class RunSummary:
     data_dir: str = ""
     spans: list = field(default_factory=list)  # SpanResult per span ingested by this run
     trained_on: list[str] = field(default_factory=list)
-    metrics: dict[str, float] = field(default_factory=dict)
+    run_dir: str = ""
+    metrics: dict = field(default_factory=dict)
+    baseline_metrics: dict | None = None
+    baseline_version: int | None = None
+    blessing: dict = field(default_factory=dict)
+    report: str = ""
     version: int | None = None
     version_path: str = ""
     answers: list[str] = field(default_factory=list)
@@ -55,12 +60,19 @@ class RunSummary:
             out.extend(f"          anomaly: {line}" for line in r.anomalies)
         out.append("records:  " + ", ".join(f"{split} {n}" for split, n in self.counts.items()))
         if self.metrics:
-            top_k = next(k for k in self.metrics if k.startswith("breed_top") and k != "breed_top1_accuracy")
+            top_k = next(
+                k for k in self.metrics if k.startswith("breed_top") and k != "breed_top1_accuracy" and "_accuracy" in k
+            )
             out.append(
                 f"test:     species accuracy {self.metrics['species_accuracy']:.3f}, breed top-1 accuracy "
                 f"{self.metrics['breed_top1_accuracy']:.3f}, {top_k.replace('_', ' ')} {self.metrics[top_k]:.3f} "
                 f"({self.metrics['examples']} images)"
             )
+        if self.blessing:
+            verdict = "BLESSED" if self.blessing["blessed"] else "NOT BLESSED (nothing exported)"
+            out.append(f"gate:     {verdict}: {self.blessing['reason']}")
+        if self.report:
+            out.append(f"report:   {self.report}")
         if self.version is not None:
             out.append(f"exported: version {self.version} at {self.version_path}")
         out.extend(f"gRPC:     {answer}" for answer in self.answers)
@@ -152,35 +164,143 @@ def run_pipeline(config: PipelineConfig, beam_args: list[str] | None = None) -> 
         summary.seconds[stage] = time.monotonic() - start
         return result
 
+    from components.bless import check_metric_names
+
+    check_metric_names(config.bless, known_metric_names(hierarchy, config.export.top_k))  # before hours of work
     summary.data_dir = timed("make-data", ensure_data, config.data, config.work_dir, hierarchy)
     summary.spans = timed("ingest+preprocess", ingest_spans, config, summary.data_dir, hierarchy, schema, beam_args)
     for span in summary.spans:
         log.info("span %d: written %s, quarantined %s", span.span, span.written, span.quarantined)
 
-    from components.evaluate import evaluate_model
-    from components.export import export_model
-    from components.preprocess import split_pattern
-    from components.train import make_dataset, train_model
-
     summary.trained_on = span_window(config.work_dir, config.train.span_window)
-    size = config.preprocess.image_size
-    model, history = timed("train", train_model, config.train, summary.trained_on, schema, hierarchy, size, log.info)
-    test = make_dataset(
-        [split_pattern(d, "test") for d in summary.trained_on], schema, hierarchy, size, 256, False, keep_breed=True
+    summary.run_dir = os.path.join(config.work_dir, "runs", time.strftime("%Y%m%d-%H%M%S"))
+    os.makedirs(summary.run_dir, exist_ok=True)
+    candidate, history = timed("train", train_stage, config, summary.trained_on, schema, hierarchy)
+    timed("evaluate", evaluate_stage, config, candidate, history, summary, hierarchy, schema)
+    if summary.blessing["blessed"]:
+        timed("export", export_stage, config, candidate, summary, hierarchy)
+        summary.answers = timed(
+            "smoke-query",
+            smoke_query,
+            config.model_base_path,
+            config.export.model_name,
+            summary.trained_on[-1],
+            hierarchy,
+        )
+    return summary
+
+
+def known_metric_names(hierarchy: Hierarchy, top_k: int) -> list[str]:
+    """The metric names the evaluator produces (from evaluating one uniform example per breed), for checking the
+    gate's settings before any work is done."""
+    import numpy as np
+
+    from components.evaluate import evaluate_outputs, metric_names
+
+    n, species = len(hierarchy.breeds), len(hierarchy.species)
+    outputs = {"species": np.full((n, species), 1 / species)}
+    for name, breeds in hierarchy.breeds_of.items():
+        outputs[f"{name}_breed"] = np.full((n, len(breeds)), 1 / len(breeds))
+    species_true = np.array([b.species_index for b in hierarchy.breeds])
+    return metric_names(evaluate_outputs(species_true, np.arange(n), outputs, hierarchy, top_k))
+
+
+def blessed_weights_path(config: PipelineConfig) -> str:
+    return os.path.join(config.work_dir, "blessed", f"{config.train.architecture}.weights.h5")
+
+
+def train_stage(config: PipelineConfig, tfrecord_dirs: list[str], schema, hierarchy: Hierarchy):
+    """Train the configured architecture; checkpoints live in work_dir/train/<architecture> so that a re-run
+    after a crash resumes there, and TensorBoard logs beside them."""
+    if config.train.architecture == "cascade":
+        from components.cascade import train_cascade as train_fn
+    else:
+        from components.train import train_model as train_fn
+    warm = blessed_weights_path(config)
+    warm = warm if config.train.warm_start and os.path.exists(warm) else None
+    train_dir = os.path.join(config.work_dir, "train", config.train.architecture)
+    log.info("train: %s, TensorBoard logs in %s", config.train.architecture, os.path.join(train_dir, "tensorboard"))
+    return train_fn(
+        config.train, tfrecord_dirs, schema, hierarchy, config.preprocess.image_size, log.info, train_dir, warm
     )
-    summary.metrics = timed("evaluate", evaluate_model, model, test, hierarchy, config.export.top_k)
-    with open(os.path.join(config.work_dir, "metrics.json"), "w") as f:
-        json.dump({"test": summary.metrics, "history": history}, f, indent=2)
+
+
+def evaluate_stage(config: PipelineConfig, model, history, summary: RunSummary, hierarchy: Hierarchy, schema):
+    """Score the candidate and the served model on the same test data, apply the gate, write metrics + report."""
+    from components.bless import bless, evaluate_served
+    from components.evaluate import evaluate_model, metric_value
+    from components.export import existing_versions
+    from components.preprocess import split_pattern
+    from components.report import write_report
+    from components.train import make_dataset, tfrecord_files
+
+    top_k, threshold = config.export.top_k, config.export.species_uncertainty_threshold
+    size = config.preprocess.image_size
+    patterns = [split_pattern(d, "test") for d in summary.trained_on]
+    test = make_dataset(patterns, schema, hierarchy, size, 256, False, keep_breed=True)
+    summary.metrics = evaluate_model(model, test, hierarchy, top_k, threshold)
+    baseline, baseline_error, served = None, None, existing_versions(config.model_base_path)
+    if served:
+        path = os.path.join(config.model_base_path, str(served[-1]))
+        try:
+            baseline = evaluate_served(path, tfrecord_files(patterns), hierarchy, top_k, threshold)
+            summary.baseline_version = served[-1]
+        except Exception as exc:  # any failure to load or run it: the gate fails closed (components/bless.py)
+            baseline_error = f"version {served[-1]} at {path}: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+            log.error("evaluate: %s", baseline_error)
+    blessing = bless(summary.metrics, baseline, config.bless, metric_value, baseline_error)
+    summary.blessing = blessing.to_dict()
+    summary.baseline_metrics = baseline
+    with open(os.path.join(summary.run_dir, "metrics.json"), "w") as f:
+        json.dump(
+            {"test": summary.metrics, "baseline": baseline, "blessing": summary.blessing, "history": history},
+            f,
+            indent=1,
+        )
+    extra = {
+        "architecture": config.train.architecture,
+        "trained on": ", ".join(summary.trained_on),
+        "served model compared": summary.baseline_version or "none (first model)",
+        "epochs run": len(history.get("loss", [])) or "see history",
+    }
+    summary.report = write_report(
+        os.path.join(summary.run_dir, "report"),
+        title=f"petpipe run {os.path.basename(summary.run_dir)}",
+        metrics=summary.metrics,
+        history=history,
+        hierarchy=hierarchy,
+        baseline_metrics=baseline,
+        blessing=summary.blessing,
+        extra=extra,
+    )
+    log.info(
+        "evaluate: %s — %s; report %s",
+        "BLESSED" if blessing.blessed else "NOT BLESSED",
+        blessing.reason,
+        summary.report,
+    )
+
+
+def export_stage(config: PipelineConfig, model, summary: RunSummary, hierarchy: Hierarchy) -> None:
+    from components.export import export_model
+
     metadata = {
         "config": to_dict(config),
         "trained_on": summary.trained_on,
         "counts": summary.counts,
-        "test_metrics": summary.metrics,
+        "test_metrics": {k: v for k, v in summary.metrics.items() if not isinstance(v, (dict, list))},
+        "blessing": summary.blessing,
+        "run_dir": summary.run_dir,
     }
-    summary.version, summary.version_path = timed(
-        "export", export_model, model, hierarchy, config.model_base_path, size, config.export.top_k, metadata
+    summary.version, summary.version_path = export_model(
+        model,
+        hierarchy,
+        config.model_base_path,
+        config.preprocess.image_size,
+        config.export.top_k,
+        metadata,
+        config.export.species_uncertainty_threshold,
     )
-    summary.answers = timed(
-        "smoke-query", smoke_query, config.model_base_path, config.export.model_name, summary.trained_on[-1], hierarchy
-    )
-    return summary
+    weights = blessed_weights_path(config)
+    os.makedirs(os.path.dirname(weights), exist_ok=True)
+    model.save_weights(weights)  # the next run warm-starts from the model being served

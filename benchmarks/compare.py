@@ -1,0 +1,217 @@
+"""Multi-head vs cascade, trained with the same config and seed on the TFRecords of a finished `petpipe run`.
+
+Each architecture is trained, evaluated on the test split, exported and queried in its own subprocess, so peak
+memory (ru_maxrss) is that architecture's alone. One markdown table is printed and written to DIR/compare.md:
+training wall time, peak RSS, parameters, SavedModel size, serving_default latency (median of
+--repeats-latency calls with JPEG bytes, after warm-up) at batch 1 and 32, and every scalar test metric of
+components.evaluate.evaluate_model (nested dicts flattened to dotted names), with a multi-head/cascade ratio.
+
+    python -m benchmarks.compare --work-dir DIR [--epochs N] [--repeats-latency 50] [--set train.filters=8,16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ARCHITECTURES = ("multihead", "cascade")
+LATENCY_BATCHES = (1, 32)
+WARMUP_CALLS = 3
+
+
+def _log(architecture: str):
+    # Progress goes to stderr: the parent's stdout carries only the table.
+    return lambda text: print(f"[{architecture}] {text}", file=sys.stderr, flush=True)
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _test_images(patterns: list[str], count: int) -> list[bytes]:
+    """The first `count` encoded (JPEG) test images, repeated if the split is smaller."""
+    import tensorflow as tf
+
+    from schemas import IMAGE_ENCODED
+
+    files = sorted(f for pattern in patterns for f in tf.io.gfile.glob(pattern))
+    records = tf.data.TFRecordDataset(files, compression_type="GZIP").take(count)
+    spec = {IMAGE_ENCODED: tf.io.FixedLenFeature([], tf.string)}
+    images = [tf.io.parse_single_example(r, spec)[IMAGE_ENCODED].numpy() for r in records]
+    if not images:
+        raise SystemExit(f"{patterns}: no test records")
+    return [images[i % len(images)] for i in range(count)]
+
+
+def _latency_ms(serve, images: list[bytes], repeats: int) -> float:
+    """Median wall time of one serving_default call on `images`, after warm-up calls (tracing, allocation)."""
+    import tensorflow as tf
+
+    batch = tf.constant(images)
+    for _ in range(WARMUP_CALLS):
+        serve(image_bytes=batch)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        serve(image_bytes=batch)["breed_probs"].numpy()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+def _directory_mib(path: str) -> float:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files) / 2**20
+
+
+def measure(architecture: str, work_dir: str, config_path: str | None, overrides: list[str], repeats: int) -> dict:
+    """Train, evaluate, export and query one architecture in this process; the numbers of the table."""
+    import tensorflow as tf
+
+    from components.cascade import train_cascade
+    from components.evaluate import evaluate_model
+    from components.export import DEFAULT_SIGNATURE, export_model
+    from components.preprocess import split_pattern
+    from components.train import make_dataset, train_model
+    from pipeline.config import load_config
+    from pipeline.data_stage import span_window
+    from schemas import load_hierarchy, schema_for
+
+    log = _log(architecture)
+    config = load_config(config_path, [*overrides, f"train.architecture={architecture}"])
+    hierarchy = load_hierarchy(config.data.hierarchy) if config.data.hierarchy else load_hierarchy()
+    schema = schema_for(hierarchy)
+    tfrecord_dirs = span_window(work_dir, 1)
+    test_patterns = [split_pattern(d, "test") for d in tfrecord_dirs]
+    # The records were written at the run's image size, which need not be this config's default.
+    size = int(tf.io.decode_image(_test_images(test_patterns, 1)[0]).shape[0])
+    if size != config.preprocess.image_size:
+        log(f"records are {size} px (config says {config.preprocess.image_size}); using {size}")
+
+    train_fn = train_cascade if architecture == "cascade" else train_model
+    start = time.perf_counter()
+    model, history = train_fn(config.train, tfrecord_dirs, schema, hierarchy, size, log)
+    train_seconds = time.perf_counter() - start
+    train_rss = _peak_rss_mib()
+
+    test = make_dataset(test_patterns, schema, hierarchy, size, 256, False, keep_breed=True)
+    metrics = evaluate_model(model, test, hierarchy, config.export.top_k)
+    with tempfile.TemporaryDirectory() as serving:
+        _, path = export_model(model, hierarchy, os.path.join(serving, "pets"), size, config.export.top_k)
+        saved_model_mib = _directory_mib(path)
+        serve = tf.saved_model.load(path).signatures[DEFAULT_SIGNATURE]
+        images = _test_images(test_patterns, max(LATENCY_BATCHES))
+        latency = {n: _latency_ms(serve, images[:n], repeats) for n in LATENCY_BATCHES}
+    rows = {
+        "training wall time (s)": train_seconds,
+        "peak RSS after training (MiB)": train_rss,
+        "peak RSS incl. evaluation and serving (MiB)": _peak_rss_mib(),
+        "parameters": model.count_params(),
+        "SavedModel size (MiB)": saved_model_mib,
+    }
+    rows.update({f"latency p50, batch {n} (ms)": ms for n, ms in latency.items()})
+    # Early stopping may end a model before config.epochs; for the cascade this is the species model's count.
+    rows["epochs run"] = len(history.get("loss", history.get("species/loss", [])))
+    rows.update(flatten_scalars(metrics))
+    context = {
+        "epochs": config.train.epochs,
+        "filters": list(config.train.filters),
+        "backbone": config.train.backbone,
+        "seed": config.train.seed,
+        "image_size": size,
+        "tfrecord_dirs": tfrecord_dirs,
+    }
+    return {"rows": rows, "context": context}
+
+
+def flatten_scalars(metrics: dict, prefix: str = "") -> dict[str, float]:
+    """Dotted name → number for every int/float leaf of nested dicts; lists, None and booleans are skipped."""
+    flat = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_scalars(value, name + "."))
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            flat[name] = value
+    return flat
+
+
+def _format(value) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, int) or (isinstance(value, float) and abs(value) >= 1e4):
+        return f"{value:,.0f}"
+    return f"{value:.4g}"
+
+
+def format_table(results: dict[str, dict]) -> str:
+    """Markdown: one row per measure present in either architecture, values and the multi-head/cascade ratio."""
+    multihead, cascade = results["multihead"]["rows"], results["cascade"]["rows"]
+    names = list(multihead) + [name for name in cascade if name not in multihead]
+    lines = ["| measure | multi-head | cascade | multi-head / cascade |", "|---|---:|---:|---:|"]
+    for name in names:
+        a, b = multihead.get(name), cascade.get(name)
+        ratio = a / b if a is not None and b else None
+        lines.append(f"| {name} | {_format(a)} | {_format(b)} | {_format(ratio)} |")
+    return "\n".join(lines)
+
+
+def _run_child(architecture: str, args, overrides: list[str]) -> dict:
+    """`measure` in a fresh interpreter, so its peak RSS is its own; the result comes back through a file."""
+    with tempfile.TemporaryDirectory() as tmp:
+        result = os.path.join(tmp, "result.json")
+        command = [sys.executable, "-m", "benchmarks.compare", "--work-dir", args.work_dir, "--child", architecture]
+        command += ["--result", result, "--repeats-latency", str(args.repeats_latency)]
+        command += ["--config", args.config] if args.config else []
+        command += [part for override in overrides for part in ("--set", override)]
+        print(f"[{architecture}] training in a subprocess", file=sys.stderr, flush=True)
+        done = subprocess.run(command, stdout=sys.stderr, check=False)
+        if done.returncode != 0:
+            raise SystemExit(f"{architecture}: the measuring subprocess failed (exit {done.returncode})")
+        with open(result) as f:
+            return json.load(f)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work-dir", required=True, help="work dir of a finished `petpipe run` (has spans.json)")
+    parser.add_argument("--epochs", type=int, help="train.epochs for both (default: the config's)")
+    parser.add_argument("--repeats-latency", type=int, default=50, help="timed serving calls per batch size")
+    parser.add_argument("--config", help="TOML config file, as for `petpipe run`")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
+    parser.add_argument("--child", choices=ARCHITECTURES, help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    overrides = list(args.set) + ([f"train.epochs={args.epochs}"] if args.epochs else [])
+
+    if args.child:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        measured = measure(args.child, args.work_dir, args.config, overrides, args.repeats_latency)
+        with open(args.result, "w") as f:
+            json.dump(measured, f)
+        return 0
+
+    from pipeline.config import load_config
+
+    load_config(args.config, overrides)  # a bad --set fails here, before any training
+    results = {architecture: _run_child(architecture, args, overrides) for architecture in ARCHITECTURES}
+    context = results["multihead"]["context"]
+    caption = (
+        f"Multi-head vs cascade on {', '.join(context['tfrecord_dirs'])}: {context['epochs']} epochs per model, "
+        f"backbone {context['backbone']} {context['filters']}, {context['image_size']} px, seed {context['seed']}, "
+        f"{results['multihead']['rows'].get('examples', '?')} test images."
+    )
+    text = f"{caption}\n\n{format_table(results)}\n"
+    print(text)
+    with open(os.path.join(args.work_dir, "compare.md"), "w") as f:
+        f.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""The cascade baseline (the seed's first answer): a species model and one breed model per species, each with its
+own backbone, trained separately — each breed model only on the images of its species.
+
+The trained sub-models are joined into ONE Keras model with the multi-head model's outputs,
+{'species': [N,S], '<species>_breed': [N,B_s]}, so evaluation and export treat both architectures alike and the
+routing (species decides which breed model answers) happens in the served graph through
+components.model.hierarchical_answer. Every breed model runs on every image: a fixed-shape output per head is
+what the serving signature and the joint p(species)·p(breed | species) need, and it is also what the seed's
+"one call answers everything" comparison is about — the cascade pays three backbones per image.
+"""
+
+from __future__ import annotations
+
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from components.model import (
+    SPECIES_HEAD,
+    MaskedSparseCategoricalCrossentropy,
+    augmentation,
+    breed_head,
+    build_backbone,
+)
+from components.train import balanced_class_weights, fingerprint_of, fit, training_data
+from pipeline.config import TrainConfig
+from schemas import Hierarchy
+
+
+def build_classifier(
+    name: str,
+    classes: int,
+    image_size: int,
+    filters: tuple[int, ...],
+    dropout: float = 0.2,
+    backbone: str = "simple",
+    backbone_weights: str | None = None,
+) -> keras.Model:
+    """uint8-range RGB image → softmax over `classes`: backbone → dropout → dense."""
+    image = keras.Input(shape=(image_size, image_size, 3), name="image")
+    x = build_backbone(image_size, filters, backbone, backbone_weights, name=f"{name}_backbone")(image)
+    x = keras.layers.Dropout(dropout)(x)
+    return keras.Model(image, keras.layers.Dense(classes, activation="softmax", name=f"{name}_probs")(x), name=name)
+
+
+def build_cascade(
+    hierarchy: Hierarchy,
+    image_size: int,
+    filters: tuple[int, ...],
+    dropout: float = 0.2,
+    backbone: str = "simple",
+    backbone_weights: str | None = None,
+    augment: bool = False,
+    seed: int = 0,
+) -> tuple[keras.Model, dict[str, keras.Model]]:
+    """(combined model, {head name: training model}). Each training model is [augmentation →] a classifier that
+    the combined model shares, so fitting it trains the combined model; the combined outputs are named like
+    build_multihead_model's.
+
+    The augmentation stays out of the combined model: it only belongs to training, and Keras's random layers
+    augment whenever `training` is not passed as False, so `combined(images)` would otherwise be random.
+    """
+    heads = {SPECIES_HEAD: len(hierarchy.species)}
+    heads.update({breed_head(s): len(breeds) for s, breeds in hierarchy.breeds_of.items()})
+    classifiers = {
+        head: build_classifier(head, n, image_size, filters, dropout, backbone, backbone_weights)
+        for head, n in heads.items()
+    }
+    image = keras.Input(shape=(image_size, image_size, 3), name="image")
+    combined = keras.Model(image, {head: model(image) for head, model in classifiers.items()}, name="cascade")
+    training = {}
+    for head, classifier in classifiers.items():
+        if augment:
+            image = keras.Input(shape=(image_size, image_size, 3), name="image")
+            classifier = keras.Model(image, classifier(augmentation(seed)(image)), name=head)
+        training[head] = classifier
+    return combined, training
+
+
+def species_examples(batches: tf.data.Dataset, species_index: int) -> tf.data.Dataset:
+    """Unbatched (image, labels) of the examples whose labels['species'] is `species_index`, from batches."""
+    return batches.unbatch().filter(lambda image, labels: tf.equal(labels[SPECIES_HEAD], species_index))
+
+
+def _species_counts(batches: tf.data.Dataset, num_species: int) -> np.ndarray:
+    """Examples per species in one pass: a filtered dataset does not know its size, the LR schedule needs it."""
+    counts = np.zeros(num_species, np.int64)
+    for species in batches.map(lambda image, labels: labels[SPECIES_HEAD]):
+        counts += np.bincount(species.numpy().reshape(-1), minlength=num_species)
+    return counts
+
+
+def _breed_batches(batches: tf.data.Dataset, species_index: int, head: str, count: int, batch_size: int):
+    """(image, breed label of `head`) batches of one species; the known size lets Keras and the LR schedule see
+    where an epoch ends, which a filtered dataset no longer reports."""
+    subset = species_examples(batches, species_index).map(lambda image, labels: (image, labels[head]))
+    steps = -(-count // batch_size)
+    return subset.batch(batch_size).apply(tf.data.experimental.assert_cardinality(steps)).prefetch(tf.data.AUTOTUNE)
+
+
+def _compile(model: keras.Model, loss, learning_rate: float, epochs: int, steps_per_epoch: int) -> None:
+    # Cosine decay to zero over this sub-model's own steps, as train_model does for the multi-head model.
+    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, max(1, epochs * steps_per_epoch))
+    model.compile(
+        optimizer=keras.optimizers.Adam(schedule),
+        loss=loss,
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+    )
+
+
+def train_cascade(
+    config: TrainConfig,
+    tfrecord_dirs: list[str],
+    schema,
+    hierarchy: Hierarchy,
+    image_size: int,
+    log=print,
+    run_dir: str | None = None,
+    warm_start_weights: str | None = None,
+) -> tuple[keras.Model, dict]:
+    """Fit the species model on all train examples and each breed model on its species' examples, config.epochs
+    each; (combined model, history with keys prefixed by the sub-model, e.g. 'cat_breed/val_loss')."""
+    keras.utils.set_random_seed(config.seed)
+    train, validation = training_data(config, tfrecord_dirs, schema, hierarchy, image_size)
+    combined, models = build_cascade(
+        hierarchy,
+        image_size,
+        config.filters,
+        config.dropout,
+        config.backbone,
+        config.backbone_weights,
+        config.augment,
+        config.seed,
+    )
+    if warm_start_weights:
+        try:
+            combined.load_weights(warm_start_weights)
+            log(f"  warm start from {warm_start_weights}")
+        except Exception as exc:  # another architecture or hierarchy: train from scratch, but say so
+            log(f"  not warm-starting from {warm_start_weights}: {str(exc).splitlines()[0]}")
+    class_weights = balanced_class_weights(tfrecord_dirs, hierarchy) if config.class_weights else {}
+    fingerprint = fingerprint_of(config, tfrecord_dirs, image_size)
+    num_species = len(hierarchy.species)
+    train_counts = _species_counts(train, num_species)
+    val_counts = _species_counts(validation, num_species) if validation is not None else np.zeros(num_species, int)
+
+    jobs = [
+        (
+            SPECIES_HEAD,
+            train.map(lambda image, labels: (image, labels[SPECIES_HEAD])),
+            None if validation is None else validation.map(lambda image, labels: (image, labels[SPECIES_HEAD])),
+            keras.losses.SparseCategoricalCrossentropy(),
+            int(train.cardinality()),
+        )
+    ]
+    for i, species in enumerate(hierarchy.species):
+        head = breed_head(species)
+        n_train, n_val = int(train_counts[i]), int(val_counts[i])
+        sub_train = _breed_batches(train, i, head, n_train, config.batch_size) if n_train else None
+        sub_val = _breed_batches(validation, i, head, n_val, config.batch_size) if n_val else None
+        # The masked loss with no -1 labels is the class-weighted mean CE, normalised like the multi-head breed loss.
+        loss = MaskedSparseCategoricalCrossentropy(class_weights.get(species))
+        jobs.append((head, sub_train, sub_val, loss, -(-n_train // config.batch_size)))
+
+    history = {}
+    for head, sub_train, sub_val, loss, steps in jobs:
+        model = models[head]
+        if sub_train is None:
+            log(f"  {head}: no train examples of this species; left untrained")
+            continue
+        log(f"  {head}: {model.count_params():,} parameters, {steps} steps per epoch")
+        _compile(model, loss, config.learning_rate, config.epochs, steps)
+        sub_run_dir = os.path.join(run_dir, head) if run_dir else None
+        sub_history = fit(
+            model,
+            sub_train,
+            sub_val,
+            config,
+            lambda text, h=head: log(f"  {h} {text.strip()}"),
+            sub_run_dir,
+            f"{fingerprint}:{head}",
+        )
+        history.update({f"{head}/{key}": value for key, value in sub_history.items()})
+    return combined, history
