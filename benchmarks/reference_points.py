@@ -9,6 +9,7 @@ the model's own test metrics. Usage:
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 
@@ -50,7 +51,9 @@ def main(argv=None) -> int:
     parser.add_argument("--work-dir", default="petpipe-work", help="work dir of a finished petpipe run")
     parser.add_argument("--pixels", type=int, default=16, help="side of the downsampled image (default 16)")
     args = parser.parse_args(argv)
-    tfrecords = os.path.join(args.work_dir, "tfrecords")
+    from pipeline.data_stage import span_window
+
+    tfrecords = span_window(args.work_dir, 1)[0]
     train_parts = [load_split(tfrecords, split, args.pixels) for split in ("train", "eval")]
     x_train, s_train, b_train = (np.concatenate(parts) for parts in zip(*train_parts, strict=True))
     x_test, s_test, b_test = load_split(tfrecords, "test", args.pixels)
@@ -62,11 +65,11 @@ def main(argv=None) -> int:
             linear_accuracy(x_train, b_train, x_test, b_test, 37),
         ),
     }
-    metrics_path = os.path.join(args.work_dir, "metrics.json")
-    if os.path.exists(metrics_path):
-        with open(metrics_path) as f:
+    runs = sorted(glob.glob(os.path.join(args.work_dir, "runs", "*", "metrics.json")))
+    if runs:  # the latest run's candidate, on the same test split
+        with open(runs[-1]) as f:
             test = json.load(f)["test"]
-        rows["petpipe multi-head CNN (this run)"] = (test["species_accuracy"], test["breed_top1_accuracy"])
+        rows["petpipe multi-head CNN (latest run)"] = (test["species_accuracy"], test["breed_top1_accuracy"])
     print(f"| reference point | species accuracy | breed top-1 accuracy |  (test split, {len(s_test)} images)")
     print("|---|---|---|")
     for name, (species_acc, breed_acc) in rows.items():

@@ -20,11 +20,11 @@ import tensorflow as tf
 from components.model import (
     SPECIES_HEAD,
     MaskedSparseCategoricalCrossentropy,
-    augmentation,
     breed_head,
     build_backbone,
+    with_augmentation,
 )
-from components.train import balanced_class_weights, fingerprint_of, fit, training_data
+from components.train import balanced_class_weights, fingerprint_of, fit, training_data, warm_start
 from pipeline.config import TrainConfig
 from schemas import Hierarchy
 
@@ -70,12 +70,10 @@ def build_cascade(
     }
     image = keras.Input(shape=(image_size, image_size, 3), name="image")
     combined = keras.Model(image, {head: model(image) for head, model in classifiers.items()}, name="cascade")
-    training = {}
-    for head, classifier in classifiers.items():
-        if augment:
-            image = keras.Input(shape=(image_size, image_size, 3), name="image")
-            classifier = keras.Model(image, classifier(augmentation(seed)(image)), name=head)
-        training[head] = classifier
+    training = {
+        head: with_augmentation(classifier, image_size, seed) if augment else classifier
+        for head, classifier in classifiers.items()
+    }
     return combined, training
 
 
@@ -134,12 +132,7 @@ def train_cascade(
         config.augment,
         config.seed,
     )
-    if warm_start_weights:
-        try:
-            combined.load_weights(warm_start_weights)
-            log(f"  warm start from {warm_start_weights}")
-        except Exception as exc:  # another architecture or hierarchy: train from scratch, but say so
-            log(f"  not warm-starting from {warm_start_weights}: {str(exc).splitlines()[0]}")
+    warm_start(combined, warm_start_weights, log)
     class_weights = balanced_class_weights(tfrecord_dirs, hierarchy) if config.class_weights else {}
     fingerprint = fingerprint_of(config, tfrecord_dirs, image_size)
     num_species = len(hierarchy.species)

@@ -53,9 +53,6 @@ class ServingModule(tf.Module):
     ):
         super().__init__()
         self.model = model
-        # Keras 3 does not expose some state (e.g. the seed generators of augmentation layers, idle at serving
-        # time but captured by the traced graph) to tf.Module tracking: list every variable so it is saved.
-        self.model_variables = [getattr(v, "value", v) for v in model.variables]
         self._hierarchy = hierarchy
         self._image_size = image_size
         self._top_k = top_k

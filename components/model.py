@@ -73,6 +73,14 @@ def build_backbone(
     return model
 
 
+def with_augmentation(model: keras.Model, image_size: int, seed: int = 0) -> keras.Model:
+    """A training-only wrapper: augmentation → `model` (sharing its weights). The model itself, which is
+    evaluated and exported, stays free of random layers — Keras applies them whenever `training` is not
+    passed as False."""
+    image = keras.Input(shape=(image_size, image_size, 3), name="image")
+    return keras.Model(image, model(augmentation(seed)(image)), name=model.name)
+
+
 def build_multihead_model(
     hierarchy: Hierarchy,
     image_size: int,
@@ -80,13 +88,10 @@ def build_multihead_model(
     dropout: float = 0.2,
     backbone: str = "simple",
     backbone_weights: str | None = None,
-    augment: bool = False,
-    seed: int = 0,
 ) -> keras.Model:
     """uint8-range RGB image → {'species': [N,S], '<species>_breed': [N,B_s]} softmax outputs, one backbone."""
     image = keras.Input(shape=(image_size, image_size, 3), name="image")
-    x = augmentation(seed)(image) if augment else image
-    x = build_backbone(image_size, filters, backbone, backbone_weights)(x)
+    x = build_backbone(image_size, filters, backbone, backbone_weights)(image)
     features = keras.layers.Dropout(dropout)(x)
     outputs = {
         SPECIES_HEAD: keras.layers.Dense(len(hierarchy.species), activation="softmax", name=SPECIES_HEAD)(features)

@@ -15,7 +15,7 @@ import shutil
 import keras
 import tensorflow as tf
 
-from components.model import SPECIES_HEAD, breed_head, build_multihead_model, compile_multihead
+from components.model import SPECIES_HEAD, breed_head, build_multihead_model, compile_multihead, with_augmentation
 from components.preprocess import TFRECORD_SUFFIX, decode_and_resize, split_pattern
 from pipeline.config import TrainConfig
 from pipeline.errors import DataError
@@ -215,6 +215,18 @@ def fingerprint_of(config: TrainConfig, tfrecord_dirs: list[str], image_size: in
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def warm_start(model: keras.Model, weights_path: str | None, log) -> None:
+    """Load the blessed model's weights when given; another architecture or hierarchy trains from scratch, and
+    says so."""
+    if not weights_path:
+        return
+    try:
+        model.load_weights(weights_path)
+        log(f"  warm start from {weights_path}")
+    except Exception as exc:
+        log(f"  not warm-starting from {weights_path}: {str(exc).splitlines()[0]}")
+
+
 def train_model(
     config: TrainConfig,
     tfrecord_dirs: list[str],
@@ -229,26 +241,15 @@ def train_model(
     keras.utils.set_random_seed(config.seed)
     train, validation = training_data(config, tfrecord_dirs, schema, hierarchy, image_size)
     model = build_multihead_model(
-        hierarchy,
-        image_size,
-        config.filters,
-        config.dropout,
-        config.backbone,
-        config.backbone_weights,
-        config.augment,
-        config.seed,
+        hierarchy, image_size, config.filters, config.dropout, config.backbone, config.backbone_weights
     )
-    if warm_start_weights:
-        try:
-            model.load_weights(warm_start_weights)
-            log(f"  warm start from {warm_start_weights}")
-        except Exception as exc:  # another architecture or hierarchy: train from scratch, but say so
-            log(f"  not warm-starting from {warm_start_weights}: {str(exc).splitlines()[0]}")
+    warm_start(model, warm_start_weights, log)
+    trained = with_augmentation(model, image_size, config.seed) if config.augment else model
     steps_per_epoch = int(train.cardinality())
     # Cosine decay to zero: the last epochs take small steps, so the exported weights do not jitter.
     learning_rate = keras.optimizers.schedules.CosineDecay(config.learning_rate, config.epochs * steps_per_epoch)
     class_weights = balanced_class_weights(tfrecord_dirs, hierarchy) if config.class_weights else None
-    compile_multihead(model, hierarchy, learning_rate, config.breed_loss_weight, class_weights)
+    compile_multihead(trained, hierarchy, learning_rate, config.breed_loss_weight, class_weights)
     fingerprint = fingerprint_of(config, tfrecord_dirs, image_size)
-    history = fit(model, train, validation, config, log, run_dir, fingerprint)
+    history = fit(trained, train, validation, config, log, run_dir, fingerprint)
     return model, history

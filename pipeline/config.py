@@ -130,7 +130,8 @@ def _coerce(value, annotation, where: str):
         origin = typing.get_origin(hint)
     if origin is tuple:
         (item_type, _) = typing.get_args(hint)
-        items = value.split(",") if isinstance(value, str) else value
+        # "a,b" → two items; "" → an empty tuple (e.g. bless.lower_bounds= to switch the bounds off)
+        items = [v for v in value.split(",") if v.strip()] if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         return tuple(_coerce(v, item_type, where) for v in items)

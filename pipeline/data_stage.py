@@ -175,7 +175,7 @@ def run_span_job(
     from pipeline.beam_runner import make_pipeline, user_error
 
     data, pre = config.data, config.preprocess
-    out_dir = os.path.join(config.tfrecord_root, f"span-{span}")
+    out_dir = os.path.abspath(os.path.join(config.tfrecord_root, f"span-{span}"))  # spans.json: usable from any cwd
     staging = out_dir + ".staging"
     shutil.rmtree(staging, ignore_errors=True)
     pipeline = make_pipeline(beam_args)

@@ -26,6 +26,8 @@ def test_run_on_tiny_data_prints_summary_and_never_touches_prism(tiny_data, tmp_
             "preprocess.image_size=32",
             "--set",
             "data.eval_fraction=0",  # no eval split: training runs without validation
+            "--set",
+            "bless.lower_bounds=",  # one epoch on 111 images: the gate is tested in test_gate.py
             "--direct_num_workers=1",  # a Beam flag, passed through
         ]
     )
@@ -36,7 +38,9 @@ def test_run_on_tiny_data_prints_summary_and_never_touches_prism(tiny_data, tmp_
     assert f"exported: version 1 at {work}/serving/pets/1" in out
     assert out.count("gRPC:     ") == 3
     assert os.path.isfile(work / "serving" / "pets" / "1" / "saved_model.pb")
-    assert os.path.isfile(work / "metrics.json")
+    (run_dir,) = (work / "runs").iterdir()
+    assert (run_dir / "metrics.json").is_file() and (run_dir / "report" / "index.html").is_file()
+    assert f"report:   {run_dir}/report/index.html" in out
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,8 @@ def test_defaults_file_then_flags(tmp_path):
     assert config.model_base_path == "/srv/models/pets"
     assert config.tfrecord_root == "w/tfrecords"
     assert load_config().train == PipelineConfig().train
+    assert load_config(None, ["bless.lower_bounds="]).bless.lower_bounds == ()
+    assert load_config(None, ["bless.no_regression=species_accuracy"]).bless.no_regression == ("species_accuracy",)
 
 
 @pytest.mark.parametrize(
