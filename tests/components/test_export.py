@@ -60,3 +60,14 @@ def test_examples_signature_matches_image_signature(exported_model, hierarchy):
     from_examples = loaded.signatures[EXAMPLES_SIGNATURE](examples=tf.constant([example]))
     from_bytes = loaded.signatures["serving_default"](image_bytes=tf.constant([image]))
     np.testing.assert_allclose(from_examples["breed_probs"].numpy(), from_bytes["breed_probs"].numpy(), rtol=1e-6)
+
+
+def test_uncertain_species_is_flagged_and_widens_the_candidates(small_model, hierarchy, tmp_path):
+    _, path = export_model(small_model, hierarchy, str(tmp_path / "pets"), image_size=32, uncertainty_threshold=1.0)
+    out = tf.saved_model.load(path).signatures["serving_default"](image_bytes=tf.constant([_png((90, 120, 30))]))
+    assert out["species_uncertain"].numpy().tolist() == [True]  # no species reaches probability 1.0
+    probs = out["breed_probs"].numpy()[0]
+    expected = [hierarchy.breeds[i].name for i in np.argsort(-probs)[:5]]  # the joint top-5, any species
+    assert [b.decode() for b in out["top_k_breeds"].numpy()[0]] == expected
+    answered = out["species"].numpy()[0].decode()
+    assert hierarchy.by_name[out["breed"].numpy()[0].decode()].species == answered  # the answer stays consistent
