@@ -100,6 +100,82 @@ def existing_versions(model_base_path: str) -> list[int]:
     return sorted(int(name) for name in names if _VERSION_DIR.match(name))
 
 
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+MODELS_CONFIG = "models.config"
+
+
+def write_warmup_requests(version_dir: str, model_name: str, images: list[bytes]) -> str:
+    """TF Serving's warmup file: a TFRecord of PredictionLog, one real Predict request per image, which the
+    server replays when it loads the version (so the first user request does not pay for graph warm-up)."""
+    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+    path = os.path.join(version_dir, WARMUP_FILE)
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    with tf.io.TFRecordWriter(path) as writer:
+        for image in images:
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = model_name
+            request.model_spec.signature_name = DEFAULT_SIGNATURE
+            request.inputs[IMAGE_BYTES_INPUT].CopyFrom(tf.make_tensor_proto([image], dtype=tf.string))
+            log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log.SerializeToString())
+    return path
+
+
+def read_model_config(serving_dir: str):
+    """The ModelServerConfig in `<serving_dir>/models.config` (TF Serving's --model_config_file), or an empty one."""
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    config = model_server_config_pb2.ModelServerConfig()
+    path = os.path.join(serving_dir, MODELS_CONFIG)
+    if tf.io.gfile.exists(path):
+        with tf.io.gfile.GFile(path) as f:
+            try:
+                text_format.Parse(f.read(), config)
+            except text_format.ParseError as exc:
+                raise ValueError(f"{path}: not a ModelServerConfig text proto: {exc}") from None
+    return config
+
+
+def write_model_config(serving_dir: str, model_name: str, model_base_path: str) -> str:
+    """Add or update `model_name` in `<serving_dir>/models.config`; other models and version labels are kept.
+    base_path is absolute, as TF Serving requires (mount the directory at the same path in a container)."""
+    from google.protobuf import text_format
+
+    config = read_model_config(serving_dir)
+    entries = config.model_config_list.config
+    entry = next((c for c in entries if c.name == model_name), None) or entries.add(name=model_name)
+    entry.base_path = os.path.abspath(model_base_path)
+    entry.model_platform = "tensorflow"
+    if not entry.HasField("model_version_policy"):
+        entry.model_version_policy.latest.num_versions = 1
+    path = os.path.join(serving_dir, MODELS_CONFIG)
+    tmp = path + ".tmp"
+    with tf.io.gfile.GFile(tmp, "w") as f:
+        f.write(text_format.MessageToString(config))
+    tf.io.gfile.rename(tmp, path, overwrite=True)
+    return path
+
+
+def apply_retention(serving_dir: str, model_name: str, model_base_path: str, keep: int) -> list[int]:
+    """Delete all but the newest `keep` versions — never the newest (served) one nor one a version label in
+    models.config points at. Returns the deleted versions. keep=0 keeps everything."""
+    versions = existing_versions(model_base_path)
+    if keep <= 0 or len(versions) <= keep:
+        return []
+    labelled = {
+        v
+        for c in read_model_config(serving_dir).model_config_list.config
+        if c.name == model_name
+        for v in c.version_labels.values()
+    }
+    doomed = [v for v in versions[:-keep] if v not in labelled]
+    for version in doomed:
+        shutil.rmtree(os.path.join(model_base_path, str(version)))
+    return doomed
+
+
 def export_model(
     model,
     hierarchy: Hierarchy,
@@ -108,6 +184,8 @@ def export_model(
     top_k: int = 5,
     metadata: dict | None = None,
     uncertainty_threshold: float = 0.0,
+    warmup_images: list[bytes] | None = None,
+    model_name: str = "pets",
 ) -> tuple[int, str]:
     """Save a new version atomically; returns (version, path). Versions increase strictly: max existing + 1."""
     tf.io.gfile.makedirs(model_base_path)
@@ -131,6 +209,8 @@ def export_model(
     tf.io.gfile.makedirs(extra)
     with tf.io.gfile.GFile(os.path.join(extra, "petpipe.json"), "w") as f:
         f.write(json.dumps(metadata or {}, indent=2, sort_keys=True, default=str))
+    if warmup_images:
+        write_warmup_requests(staging, model_name, warmup_images)
     # rename() onto an existing directory fails, so a concurrent export that took the same number retries.
     for _ in range(100):
         version = max(existing_versions(model_base_path), default=0) + 1

@@ -81,6 +81,8 @@ class ExportConfig:
     model_name: str = "pets"
     top_k: int = 5
     species_uncertainty_threshold: float = 0.6  # below: species_uncertain, top-k from every species
+    keep_versions: int = 5  # newest versions kept in the serving directory (labelled ones always); 0 = all
+    warmup_requests: int = 3  # real requests in each version's assets.extra/tf_serving_warmup_requests
 
 
 @dataclass(frozen=True)
@@ -238,6 +240,8 @@ def validate(config: PipelineConfig) -> None:
         (config.train.backbone in BACKBONES, f"train.backbone must be one of {', '.join(BACKBONES)}"),
         (config.train.early_stopping_patience >= 0, "train.early_stopping_patience must be >= 0"),
         (config.bless.max_regression >= 0, "bless.max_regression must be >= 0"),
+        (config.export.keep_versions >= 0, "export.keep_versions must be >= 0 (0 keeps every version)"),
+        (config.export.warmup_requests >= 0, "export.warmup_requests must be >= 0"),
         (
             config.export.model_name.replace("_", "").replace("-", "").isalnum(),
             "export.model_name: letters, digits, - and _ only",

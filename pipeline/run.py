@@ -32,6 +32,7 @@ class RunSummary:
     baseline_version: int | None = None
     blessing: dict = field(default_factory=dict)
     report: str = ""
+    model_config: str = ""
     version: int | None = None
     version_path: str = ""
     answers: list[str] = field(default_factory=list)
@@ -74,7 +75,9 @@ class RunSummary:
         if self.report:
             out.append(f"report:   {self.report}")
         if self.version is not None:
-            out.append(f"exported: version {self.version} at {self.version_path}")
+            out.append(
+                f"exported: version {self.version} at {self.version_path} (TF Serving config {self.model_config})"
+            )
         out.extend(f"gRPC:     {answer}" for answer in self.answers)
         out.append("seconds:  " + ", ".join(f"{stage} {s:.1f}" for stage, s in self.seconds.items()))
         return out
@@ -113,16 +116,11 @@ def progress_logger(stage: str, every: int = 500):
     return report
 
 
-def smoke_query(model_base_path: str, model_name: str, tfrecord_dir: str, hierarchy: Hierarchy, how_many: int = 3):
-    """Start the gRPC server on a free local port, Predict a few test images through the official stubs.
-
-    The images are the test split's stored JPEGs, so any source (files, TFDS) works.
-    """
+def sample_test_images(tfrecord_dir: str, hierarchy: Hierarchy, how_many: int) -> list[tuple[str, str, bytes]]:
+    """(file name, true breed, stored JPEG) of `how_many` test images spread over the breeds."""
     import tensorflow as tf
 
     from components.preprocess import split_pattern
-    from serving.client import format_answer, predict_images
-    from serving.server import start_server
 
     files = sorted(tf.io.gfile.glob(split_pattern(tfrecord_dir, "test")))
     tests = []
@@ -136,7 +134,18 @@ def smoke_query(model_base_path: str, model_name: str, tfrecord_dir: str, hierar
             )
         )
     tests.sort()  # by file name, i.e. by breed: evenly spaced picks show different breeds
-    picked = tests[:: max(1, len(tests) // how_many)][:how_many]
+    return tests[:: max(1, len(tests) // max(1, how_many))][:how_many]
+
+
+def smoke_query(model_base_path: str, model_name: str, tfrecord_dir: str, hierarchy: Hierarchy, how_many: int = 3):
+    """Start the gRPC server on a free local port, Predict a few test images through the official stubs.
+
+    The images are the test split's stored JPEGs, so any source (files, TFDS) works.
+    """
+    from serving.client import format_answer, predict_images
+    from serving.server import start_server
+
+    picked = sample_test_images(tfrecord_dir, hierarchy, how_many)
     if not picked:
         return []
     server = start_server(model_base_path, model_name, host="127.0.0.1", port=0)
@@ -282,7 +291,9 @@ def evaluate_stage(config: PipelineConfig, model, history, summary: RunSummary, 
 
 
 def export_stage(config: PipelineConfig, model, summary: RunSummary, hierarchy: Hierarchy) -> None:
-    from components.export import export_model
+    """Export the blessed candidate with warmup requests, register it in models.config, apply retention, and
+    keep its weights for the next run's warm start."""
+    from components.export import apply_retention, export_model, write_model_config
 
     metadata = {
         "config": to_dict(config),
@@ -292,6 +303,9 @@ def export_stage(config: PipelineConfig, model, summary: RunSummary, hierarchy: 
         "blessing": summary.blessing,
         "run_dir": summary.run_dir,
     }
+    warmup = [
+        image for _, _, image in sample_test_images(summary.trained_on[-1], hierarchy, config.export.warmup_requests)
+    ]
     summary.version, summary.version_path = export_model(
         model,
         hierarchy,
@@ -300,7 +314,15 @@ def export_stage(config: PipelineConfig, model, summary: RunSummary, hierarchy: 
         config.export.top_k,
         metadata,
         config.export.species_uncertainty_threshold,
+        warmup,
+        config.export.model_name,
     )
+    summary.model_config = write_model_config(config.serving_dir, config.export.model_name, config.model_base_path)
+    deleted = apply_retention(
+        config.serving_dir, config.export.model_name, config.model_base_path, config.export.keep_versions
+    )
+    if deleted:
+        log.info("export: retention (keep %d) removed versions %s", config.export.keep_versions, deleted)
     weights = blessed_weights_path(config)
     os.makedirs(os.path.dirname(weights), exist_ok=True)
     model.save_weights(weights)  # the next run warm-starts from the model being served

@@ -71,3 +71,57 @@ def test_uncertain_species_is_flagged_and_widens_the_candidates(small_model, hie
     assert [b.decode() for b in out["top_k_breeds"].numpy()[0]] == expected
     answered = out["species"].numpy()[0].decode()
     assert hierarchy.by_name[out["breed"].numpy()[0].decode()].species == answered  # the answer stays consistent
+
+
+def test_warmup_file_holds_real_predict_requests(small_model, hierarchy, tmp_path):
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    images = [_png((10, 20, 30)), _png((200, 100, 0))]
+    _, path = export_model(small_model, hierarchy, str(tmp_path / "pets"), 32, warmup_images=images, model_name="pets")
+    records = list(tf.data.TFRecordDataset(os.path.join(path, "assets.extra", "tf_serving_warmup_requests")))
+    assert len(records) == 2
+    loaded = tf.saved_model.load(path).signatures["serving_default"]
+    for record, image in zip(records, images, strict=True):
+        request = prediction_log_pb2.PredictionLog.FromString(record.numpy()).predict_log.request
+        assert (request.model_spec.name, request.model_spec.signature_name) == ("pets", "serving_default")
+        assert tf.make_ndarray(request.inputs["image_bytes"]).tolist() == [image]
+        assert loaded(image_bytes=tf.make_ndarray(request.inputs["image_bytes"]))["breed_probs"].shape == (1, 37)
+
+
+def test_models_config_is_tf_servings_and_keeps_other_entries(tmp_path):
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    from components.export import read_model_config, write_model_config
+
+    serving = tmp_path / "serving"
+    serving.mkdir()
+    (serving / "models.config").write_text(
+        'model_config_list { config { name: "other" base_path: "/models/other" model_platform: "tensorflow" }\n'
+        ' config { name: "pets" base_path: "/old" version_labels { key: "stable" value: 2 } } }'
+    )
+    path = write_model_config(str(serving), "pets", str(serving / "pets"))
+    parsed = text_format.Parse((serving / "models.config").read_text(), model_server_config_pb2.ModelServerConfig())
+    entries = {c.name: c for c in parsed.model_config_list.config}
+    assert path == str(serving / "models.config") and set(entries) == {"other", "pets"}
+    assert entries["pets"].base_path == str((serving / "pets").resolve())
+    assert dict(entries["pets"].version_labels) == {"stable": 2}  # labels survive a re-export
+    assert entries["other"].base_path == "/models/other"
+    (serving / "models.config").write_text("model_config_list {")
+    with pytest.raises(ValueError, match="models.config: not a ModelServerConfig"):
+        read_model_config(str(serving))
+
+
+def test_retention_keeps_the_newest_and_labelled_versions(tmp_path):
+    from components.export import apply_retention
+
+    serving = tmp_path / "serving"
+    for version in range(1, 8):
+        (serving / "pets" / str(version)).mkdir(parents=True)
+    (serving / "models.config").write_text(
+        'model_config_list { config { name: "pets" base_path: "x" version_labels { key: "stable" value: 2 } } }'
+    )
+    deleted = apply_retention(str(serving), "pets", str(serving / "pets"), keep=3)
+    assert deleted == [1, 3, 4]
+    assert existing_versions(str(serving / "pets")) == [2, 5, 6, 7]
+    assert apply_retention(str(serving), "pets", str(serving / "pets"), keep=0) == []

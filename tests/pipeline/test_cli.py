@@ -38,6 +38,8 @@ def test_run_on_tiny_data_prints_summary_and_never_touches_prism(tiny_data, tmp_
     assert f"exported: version 1 at {work}/serving/pets/1" in out
     assert out.count("gRPC:     ") == 3
     assert os.path.isfile(work / "serving" / "pets" / "1" / "saved_model.pb")
+    assert os.path.getsize(work / "serving" / "pets" / "1" / "assets.extra" / "tf_serving_warmup_requests") > 0
+    assert f'base_path: "{work}/serving/pets"' in (work / "serving" / "models.config").read_text()
     (run_dir,) = (work / "runs").iterdir()
     assert (run_dir / "metrics.json").is_file() and (run_dir / "report" / "index.html").is_file()
     assert f"report:   {run_dir}/report/index.html" in out
