@@ -33,11 +33,12 @@ from tensorflow_serving.apis import (
     model_pb2,
     model_service_pb2_grpc,
     predict_pb2,
+    prediction_log_pb2,
     prediction_service_pb2_grpc,
     status_pb2,
 )
 
-from components.export import existing_versions
+from components.export import WARMUP_FILE, existing_versions
 from components.preprocess import tf_error_reason
 
 log = logging.getLogger("petpipe.serve")
@@ -70,7 +71,32 @@ def load_version(path: str, version: int) -> LoadedVersion:
     signature_defs = dict(saved_model.meta_graphs[0].signature_def)
     model = tf.saved_model.load(path)
     functions = {name: model.signatures[name] for name in signature_defs if name in model.signatures}
-    return LoadedVersion(version, path, signature_defs, functions, model)
+    loaded = LoadedVersion(version, path, signature_defs, functions, model)
+    replayed = warm_up(loaded)
+    if replayed:
+        log.info("version %d: replayed %d warmup requests", version, replayed)
+    return loaded
+
+
+MAX_WARMUP_RECORDS = 1000  # TF Serving's limit
+
+
+def warm_up(loaded: LoadedVersion) -> int:
+    """Replay `assets.extra/tf_serving_warmup_requests` (PredictionLog records) before the version takes
+    traffic, as TF Serving does; a request that fails fails the load. Returns how many were replayed."""
+    path = os.path.join(loaded.path, WARMUP_FILE)
+    if not tf.io.gfile.exists(path):
+        return 0
+    count = 0
+    for record in tf.data.TFRecordDataset(path).take(MAX_WARMUP_RECORDS):
+        entry = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+        if not entry.HasField("predict_log"):
+            continue  # classify/regress/multi-inference logs: no such signatures in our models
+        request = entry.predict_log.request
+        function = loaded.functions[request.model_spec.signature_name or DEFAULT_SIGNATURE]
+        function(**{name: tf.constant(tf.make_ndarray(proto)) for name, proto in request.inputs.items()})
+        count += 1
+    return count
 
 
 class ModelServer:

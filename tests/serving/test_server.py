@@ -167,3 +167,24 @@ def test_broken_version_is_reported_and_the_old_one_keeps_serving(server):
     assert running.model_server.current_version == before
     assert predict_images(f"127.0.0.1:{running.port}", [_jpeg((1, 1, 1))])[0].version == before
     shutil.rmtree(broken)
+
+
+def test_warmup_requests_are_replayed_before_serving(small_model, hierarchy, tmp_path, caplog):
+    import logging
+
+    from components.export import export_model
+    from serving.server import load_version, warm_up
+
+    _, path = export_model(small_model, hierarchy, str(tmp_path / "pets"), 32, warmup_images=[_jpeg((1, 2, 3))] * 2)
+    with caplog.at_level(logging.INFO, logger="petpipe.serve"):
+        loaded = load_version(path, 1)
+    assert "replayed 2 warmup requests" in caplog.text
+    assert warm_up(loaded) == 2
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    bad = prediction_log_pb2.PredictionLog()
+    bad.predict_log.request.model_spec.signature_name = "nope"
+    with tf.io.TFRecordWriter(os.path.join(path, "assets.extra", "tf_serving_warmup_requests")) as writer:
+        writer.write(bad.SerializeToString())
+    with pytest.raises(KeyError):  # a warmup request that cannot run fails the load: the version is never served
+        load_version(path, 1)
