@@ -92,8 +92,13 @@ def _serve(args) -> int:
 
     if not os.path.isdir(args.model_base_path):
         raise PetpipeError(f"{args.model_base_path}: model base path not found (expected <version>/saved_model.pb)")
-    server = start_server(args.model_base_path, args.model_name, args.host, args.port, args.poll_seconds)
+    rest_port = args.rest_api_port or None  # 0 = off, as TF Serving's --rest_api_port
+    server = start_server(
+        args.model_base_path, args.model_name, args.host, args.port, args.poll_seconds, rest_api_port=rest_port
+    )
     log.info("gRPC on %s:%d, model %r from %s", args.host, server.port, args.model_name, args.model_base_path)
+    if server.rest_port:
+        log.info("REST on http://%s:%d/v1/models/%s", args.host, server.rest_port, args.model_name)
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     try:
         server.wait()
@@ -167,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--model-name", default="pets", help="name clients put in model_spec.name (default pets)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, local only)")
     serve.add_argument("--port", type=int, default=8500, help="gRPC port (default 8500, as TF Serving)")
+    serve.add_argument("--rest-api-port", type=int, default=0, help="REST port (TF Serving uses 8501); 0 = no REST")
     serve.add_argument("--poll-seconds", type=float, default=1.0, help="how often to look for new versions")
 
     predict = commands.add_parser("predict", help="ask a TF Serving (or petpipe serve) server about images")

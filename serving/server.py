@@ -146,6 +146,14 @@ class ModelServer:
         with self._lock:
             return self._current.version if self._current else None
 
+    def servable_for(self, name: str, version: int | None = None, label: str | None = None) -> LoadedVersion:
+        spec = model_pb2.ModelSpec(name=name)
+        if version is not None:
+            spec.version.value = version
+        if label:
+            spec.version_label = label
+        return self._servable(spec)
+
     def _servable(self, model_spec) -> LoadedVersion:
         """The loaded version a request's ModelSpec names (NOT_FOUND otherwise)."""
         if not model_spec.name:
@@ -307,10 +315,12 @@ def _answer(context, method, request):
 class RunningServer:
     """A started gRPC server plus its version poller; `stop()` ends both."""
 
-    def __init__(self, grpc_server, model_server: ModelServer, port: int, poll_seconds: float):
+    def __init__(self, grpc_server, model_server: ModelServer, port: int, poll_seconds: float, rest=None):
         self.grpc_server = grpc_server
         self.model_server = model_server
         self.port = port
+        self.rest = rest  # serving.rest.RestServer or None
+        self.rest_port = rest.port if rest else None
         self._stop = threading.Event()
         self._poller = threading.Thread(target=self._poll_loop, args=(poll_seconds,), daemon=True, name="poller")
         self._poller.start()
@@ -324,6 +334,8 @@ class RunningServer:
 
     def stop(self, grace: float = 5.0) -> None:
         self._stop.set()
+        if self.rest:
+            self.rest.stop()
         self.grpc_server.stop(grace).wait()
 
     def wait(self) -> None:
@@ -340,8 +352,10 @@ def start_server(
     port: int = 8500,
     poll_seconds: float = 1.0,
     max_workers: int = 8,
+    rest_api_port: int | None = None,
 ) -> RunningServer:
-    """Load the latest version, then serve gRPC on host:port (port 0 picks a free one)."""
+    """Load the latest version, then serve gRPC on host:port (port 0 picks a free one) and, with rest_api_port
+    (0 picks a free one), TF Serving's REST API beside it."""
     model_server = ModelServer(model_name, model_base_path)
     model_server.poll()
     if model_server.current_version is None:
@@ -357,4 +371,9 @@ def start_server(
     if bound == 0:
         raise OSError(f"cannot bind {host}:{port} (in use, or not an address of this machine)")
     server.start()
-    return RunningServer(server, model_server, bound, poll_seconds)
+    rest = None
+    if rest_api_port is not None:
+        from serving.rest import RestServer
+
+        rest = RestServer(model_server, host, rest_api_port)
+    return RunningServer(server, model_server, bound, poll_seconds, rest)

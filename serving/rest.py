@@ -1,0 +1,230 @@
+"""TF Serving's REST API (https://www.tensorflow.org/tfx/serving/api_rest) over the same ModelServer core as gRPC.
+
+  GET  /v1/models/{name}[/versions/{v}|/labels/{l}]             → model status
+  GET  /v1/models/{name}[/versions/{v}|/labels/{l}]/metadata    → signature defs
+  POST /v1/models/{name}[/versions/{v}|/labels/{l}]:predict     → {"instances": [...]} (row) or {"inputs": ...}
+                                                                   (columnar); bytes as {"b64": "..."}
+
+Row requests answer {"predictions": [...]} (one entry per instance; a dict when there are several outputs),
+columnar ones {"outputs": ...}. Errors answer {"error": "..."} with the HTTP code of the gRPC status, as TF
+Serving does. Pure core: request_from_json, response_to_json. Thin shell: a ThreadingHTTPServer.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from google.protobuf import json_format
+from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, predict_pb2
+
+from serving.server import ModelServer, ServingError, log
+
+_PATH = re.compile(
+    r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
+    r"(?P<suffix>/metadata|:predict)?$"
+)
+HTTP_CODES = {
+    grpc.StatusCode.INVALID_ARGUMENT: HTTPStatus.BAD_REQUEST,
+    grpc.StatusCode.FAILED_PRECONDITION: HTTPStatus.BAD_REQUEST,
+    grpc.StatusCode.NOT_FOUND: HTTPStatus.NOT_FOUND,
+    grpc.StatusCode.UNIMPLEMENTED: HTTPStatus.NOT_IMPLEMENTED,
+    grpc.StatusCode.UNAVAILABLE: HTTPStatus.SERVICE_UNAVAILABLE,
+    grpc.StatusCode.INTERNAL: HTTPStatus.INTERNAL_SERVER_ERROR,
+}
+MAX_BODY_BYTES = 64 * 1024 * 1024
+
+
+def _decode_value(value):
+    """JSON value → numpy-ready value: {"b64": ...} → bytes, strings → UTF-8 bytes, lists recursively."""
+    if isinstance(value, dict):
+        if set(value) != {"b64"}:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"expected {{'b64': ...}}, got keys {sorted(value)}")
+        try:
+            return base64.b64decode(value["b64"], validate=True)
+        except (ValueError, TypeError):
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "'b64' value is not valid base64") from None
+    if isinstance(value, list):
+        return [_decode_value(v) for v in value]
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    return value
+
+
+def _tensor(name: str, value, dtype) -> tf.Tensor:
+    try:
+        array = np.array(_decode_value(value), dtype=object if dtype == tf.string else None)
+        return tf.make_tensor_proto(array, dtype=dtype)
+    except ServingError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"input '{name}': {exc}") from None
+
+
+def request_from_json(body: dict, model_name: str, version: int | None, label: str | None, signature_defs):
+    """A PredictRequest from TF Serving's REST JSON (row "instances" or columnar "inputs"); returns
+    (request, row_format)."""
+    if not isinstance(body, dict) or ("instances" in body) == ("inputs" in body):
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, 'request must have exactly one of "instances" or "inputs"')
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model_name
+    if version is not None:
+        request.model_spec.version.value = version
+    if label:
+        request.model_spec.version_label = label
+    signature_name = body.get("signature_name", "") or "serving_default"
+    request.model_spec.signature_name = signature_name
+    signature = signature_defs.get(signature_name)
+    if signature is None:
+        raise ServingError(grpc.StatusCode.FAILED_PRECONDITION, f'Serving signature key "{signature_name}" not found.')
+    dtypes = {name: tf.dtypes.as_dtype(info.dtype) for name, info in signature.inputs.items()}
+    row = "instances" in body
+    data = body["instances"] if row else body["inputs"]
+    if row:
+        if not isinstance(data, list) or not data:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, '"instances" must be a non-empty list')
+        if all(isinstance(i, dict) and "b64" not in i for i in data):  # named inputs per instance
+            columns = {name: [instance.get(name) for instance in data] for name in dtypes}
+        elif len(dtypes) == 1:
+            columns = {next(iter(dtypes)): data}
+        else:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "instances must be objects naming each input")
+    else:
+        columns = data if isinstance(data, dict) else {next(iter(dtypes)): data}
+    for name, value in columns.items():
+        if name not in dtypes:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"unknown input '{name}'; inputs: {sorted(dtypes)}")
+        request.inputs[name].CopyFrom(_tensor(name, value, dtypes[name]))
+    request.output_filter.extend(body.get("output_filter", []))
+    return request, row
+
+
+def _json_value(value):
+    array = (
+        value
+        if isinstance(value, np.ndarray)
+        else np.asarray(value, dtype=object if isinstance(value, bytes) else None)
+    )
+    if array.dtype == object:
+        return [_json_value(v) for v in array] if array.ndim else _bytes_to_json(array.item())
+    return array.tolist()
+
+
+def _bytes_to_json(value: bytes):
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return {"b64": base64.b64encode(value).decode("ascii")}
+
+
+def response_to_json(response: predict_pb2.PredictResponse, row: bool) -> dict:
+    outputs = {name: tf.make_ndarray(proto) for name, proto in sorted(response.outputs.items())}
+    if not row:
+        return {"outputs": {name: _json_value(array) for name, array in outputs.items()}}
+    if len(outputs) == 1:
+        return {"predictions": _json_value(next(iter(outputs.values())))}
+    count = len(next(iter(outputs.values())))
+    return {"predictions": [{name: _json_value(array[i]) for name, array in outputs.items()} for i in range(count)]}
+
+
+def _status_json(server: ModelServer, name: str, version: int | None) -> dict:
+    request = get_model_status_pb2.GetModelStatusRequest()
+    request.model_spec.name = name
+    if version is not None:
+        request.model_spec.version.value = version
+    return json_format.MessageToDict(server.get_model_status(request), preserving_proto_field_name=True)
+
+
+def _metadata_json(server: ModelServer, name: str, version: int | None, label: str | None) -> dict:
+    request = get_model_metadata_pb2.GetModelMetadataRequest()
+    request.model_spec.name = name
+    if version is not None:
+        request.model_spec.version.value = version
+    if label:
+        request.model_spec.version_label = label
+    request.metadata_field.append("signature_def")
+    response = server.get_model_metadata(request)
+    signatures = get_model_metadata_pb2.SignatureDefMap()
+    response.metadata["signature_def"].Unpack(signatures)
+    return {
+        "model_spec": json_format.MessageToDict(response.model_spec, preserving_proto_field_name=True),
+        "metadata": {"signature_def": json_format.MessageToDict(signatures, preserving_proto_field_name=True)},
+    }
+
+
+def _handler(server: ModelServer):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):  # requests are not logged line by line
+            pass
+
+        def _send(self, code: int, payload: dict) -> None:
+            body = json.dumps(payload).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _route(self, method: str):
+            match = _PATH.match(self.path.split("?", 1)[0])
+            if not match:
+                return self._send(HTTPStatus.NOT_FOUND, {"error": f"Malformed request: {method} {self.path}"})
+            name, suffix, label = match["name"], match["suffix"], match["label"]
+            version = int(match["version"]) if match["version"] else None
+            try:
+                if method == "GET" and suffix is None:
+                    return self._send(HTTPStatus.OK, _status_json(server, name, version))
+                if method == "GET" and suffix == "/metadata":
+                    return self._send(HTTPStatus.OK, _metadata_json(server, name, version, label))
+                if method == "POST" and suffix == ":predict":
+                    return self._send(HTTPStatus.OK, self._predict(name, version, label))
+                return self._send(HTTPStatus.NOT_FOUND, {"error": f"Malformed request: {method} {self.path}"})
+            except ServingError as exc:
+                return self._send(HTTP_CODES.get(exc.code, HTTPStatus.INTERNAL_SERVER_ERROR), {"error": exc.message})
+            except Exception as exc:  # never drop the connection without an answer
+                log.exception("REST %s %s", method, self.path)
+                return self._send(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"{type(exc).__name__}: {exc}"})
+
+        def _predict(self, name: str, version: int | None, label: str | None) -> dict:
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > MAX_BODY_BYTES:
+                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"request body over {MAX_BODY_BYTES} bytes")
+            try:
+                body = json.loads(self.rfile.read(length) or b"null")
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"JSON Parse error: {exc}") from None
+            servable = server.servable_for(name, version, label)
+            request, row = request_from_json(body, name, version, label, servable.signature_defs)
+            return response_to_json(server.predict(request), row)
+
+        def do_GET(self):  # noqa: N802 (http.server's naming)
+            self._route("GET")
+
+        def do_POST(self):  # noqa: N802
+            self._route("POST")
+
+    return Handler
+
+
+class RestServer:
+    """TF Serving's REST API on host:port (port 0 picks a free one), in a background thread."""
+
+    def __init__(self, model_server: ModelServer, host: str = "127.0.0.1", port: int = 8501):
+        self.httpd = ThreadingHTTPServer((host, port), _handler(model_server))
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True, name="rest")
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
