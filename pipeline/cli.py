@@ -108,18 +108,33 @@ def _serve(args) -> int:
 
 
 def _predict(args) -> int:
-    from serving.client import format_answer, predict_images
+    import json
 
+    from serving.client import answer_dict, expand_image_paths, format_answer, predict_images
+
+    paths = expand_image_paths(args.images)
     images = []
-    for path in args.images:
+    for path in paths:
         try:
             with open(path, "rb") as f:
                 images.append(f.read())
         except OSError as exc:
             raise PetpipeError(f"{path}: cannot read image: {exc.strerror}") from None
-    answers = predict_images(args.server, images, args.model_name, args.signature, args.timeout)
-    for path, answer in zip(args.images, answers, strict=True):
-        print(format_answer(path, answer))
+    answers = []
+    for start in range(0, len(images), args.batch_size):  # bounded requests, whatever the number of files
+        batch = images[start : start + args.batch_size]
+        answers += predict_images(args.server, batch, args.model_name, args.signature, args.timeout)
+    for path, answer in zip(paths, answers, strict=True):
+        print(json.dumps(answer_dict(path, answer)) if args.json else format_answer(path, answer))
+    return 0
+
+
+def _status(args) -> int:
+    from serving.client import model_status
+
+    for entry in model_status(args.server, args.model_name, args.timeout):
+        error = f"  {entry['error']}" if entry["error"] else ""
+        print(f"{args.model_name} version {entry['version']}: {entry['state']}{error}")
     return 0
 
 
@@ -176,11 +191,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--poll-seconds", type=float, default=1.0, help="how often to look for new versions")
 
     predict = commands.add_parser("predict", help="ask a TF Serving (or petpipe serve) server about images")
-    predict.add_argument("images", nargs="+", metavar="IMAGE", help="JPEG or PNG files")
+    predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files, directories or globs")
+    predict.add_argument("--json", action="store_true", help="one JSON object per image instead of text")
+    predict.add_argument("--batch-size", type=int, default=32, help="images per Predict request (default 32)")
     predict.add_argument("--server", default="127.0.0.1:8500", help="HOST:PORT of the gRPC server")
     predict.add_argument("--model-name", default="pets")
     predict.add_argument("--signature", default="serving_default")
     predict.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds")
+
+    status = commands.add_parser("status", help="versions and states of a model on a running server")
+    status.add_argument("--server", default="127.0.0.1:8500", help="HOST:PORT of the gRPC server")
+    status.add_argument("--model-name", default="pets")
+    status.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
     return parser
 
 
@@ -198,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args, unknown)
         if args.command == "serve":
             return _serve(args)
+        if args.command == "status":
+            return _status(args)
         return _predict(args)
     except PetpipeError as exc:
         print(f"petpipe: error: {exc}", file=sys.stderr)

@@ -6,16 +6,26 @@ PredictRequest, tf.make_tensor_proto, call with a deadline, read the named outpu
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import glob
+import os
+import time
+from dataclasses import asdict, dataclass
 
 import grpc
 import tensorflow as tf
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+from tensorflow_serving.apis import (
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
 
 from pipeline.errors import PetpipeError
 from schemas import load_hierarchy
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
+RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0)  # seconds between attempts while the server is UNAVAILABLE
 
 
 @dataclass(frozen=True)
@@ -47,11 +57,60 @@ def predict_images(
     ]
     with grpc.insecure_channel(target, options=options) as channel:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-        try:
-            response = stub.Predict(request, timeout=timeout)
-        except grpc.RpcError as exc:
-            raise PetpipeError(f"{target}: Predict failed: {exc.code().name}: {exc.details()}") from None
+        response = call_with_retries(stub.Predict, request, timeout, f"{target}: Predict")
     return parse_response(response, species_names)
+
+
+def call_with_retries(method, request, timeout: float, what: str, delays=RETRY_DELAYS):
+    """Call a unary gRPC method with a deadline; retry with backoff while the server is UNAVAILABLE (starting,
+    restarting), never on other errors — those are answers. PetpipeError with the status otherwise."""
+    deadline = time.monotonic() + timeout
+    for attempt in range(len(delays) + 1):
+        try:
+            return method(request, timeout=max(0.1, deadline - time.monotonic()))
+        except grpc.RpcError as exc:
+            retry = exc.code() == grpc.StatusCode.UNAVAILABLE and attempt < len(delays)
+            if not retry or time.monotonic() + delays[attempt] >= deadline:
+                raise PetpipeError(f"{what} failed: {exc.code().name}: {exc.details()}") from None
+            time.sleep(delays[attempt])
+    raise AssertionError("unreachable")
+
+
+def model_status(target: str, model_name: str = "pets", timeout: float = 10.0) -> list[dict]:
+    """GetModelStatus → [{"version", "state", "error"}], newest first."""
+    request = get_model_status_pb2.GetModelStatusRequest()
+    request.model_spec.name = model_name
+    with grpc.insecure_channel(target) as channel:
+        stub = model_service_pb2_grpc.ModelServiceStub(channel)
+        response = call_with_retries(stub.GetModelStatus, request, timeout, f"{target}: GetModelStatus")
+    state_name = get_model_status_pb2.ModelVersionStatus.State.Name
+    return [
+        {"version": s.version, "state": state_name(s.state), "error": s.status.error_message}
+        for s in response.model_version_status
+    ]
+
+
+def expand_image_paths(arguments: list[str]) -> list[str]:
+    """Files, directories (their image files, sorted) and globs → image paths; PetpipeError for what matches
+    nothing."""
+    paths = []
+    for argument in arguments:
+        if os.path.isdir(argument):
+            found = sorted(
+                os.path.join(argument, n) for n in os.listdir(argument) if n.lower().endswith(IMAGE_SUFFIXES)
+            )
+        elif any(c in argument for c in "*?["):
+            found = sorted(glob.glob(argument, recursive=True))
+        else:
+            found = [argument]
+        if not found:
+            raise PetpipeError(f"{argument}: no image files there")
+        paths.extend(found)
+    return paths
+
+
+def answer_dict(path: str, answer: PetAnswer) -> dict:
+    return {"image": path, **asdict(answer), "top_k": [{"breed": b, "score": p} for b, p in answer.top_k]}
 
 
 def parse_response(response: predict_pb2.PredictResponse, species_names: list[str] | None = None) -> list[PetAnswer]:

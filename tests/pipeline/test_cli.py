@@ -1,7 +1,9 @@
+import io
 import os
 
 import pytest
 from apache_beam.runners.portability import prism_runner
+from PIL import Image
 
 from pipeline.cli import main
 
@@ -99,3 +101,55 @@ def test_help_explains_commands(capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "--data-dir" in out and "never downloading the Prism runner" in out
+
+
+def test_predict_over_a_directory_and_a_glob_as_json_and_status(exported_model, tmp_path, capsys):
+    import json
+
+    from PIL import Image
+
+    from serving.server import start_server
+
+    for i in range(3):
+        Image.new("RGB", (30, 20), (90 * i, 60, 30)).save(tmp_path / f"pet{i}.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    server = start_server(exported_model[0], "pets", port=0)
+    target = f"127.0.0.1:{server.port}"
+    try:
+        assert main(["predict", "--server", target, "--json", "--batch-size", "2", str(tmp_path)]) == 0
+        lines = capsys.readouterr().out.strip().splitlines()
+        assert main(["predict", "--server", target, str(tmp_path / "pet*.png")]) == 0
+        assert len(capsys.readouterr().out.strip().splitlines()) == 3
+        assert main(["status", "--server", target]) == 0
+        status = capsys.readouterr().out.strip()
+    finally:
+        server.stop()
+    answers = [json.loads(line) for line in lines]
+    assert [a["image"] for a in answers] == [str(tmp_path / f"pet{i}.png") for i in range(3)]
+    assert all(len(a["top_k"]) == 5 and a["version"] == exported_model[1] for a in answers)
+    assert status == f"pets version {exported_model[1]}: AVAILABLE"
+    assert main(["predict", str(tmp_path / "*.jpeg")]) == 2
+    assert "no image files there" in capsys.readouterr().err
+
+
+def test_client_retries_while_the_server_is_starting(exported_model):
+    import socket
+    import threading
+
+    from serving.client import predict_images
+    from serving.server import start_server
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    started = {}
+    timer = threading.Timer(0.6, lambda: started.update(server=start_server(exported_model[0], "pets", port=port)))
+    timer.start()
+    try:
+        buffer = io.BytesIO()
+        Image.new("RGB", (20, 20)).save(buffer, format="PNG")
+        answers = predict_images(f"127.0.0.1:{port}", [buffer.getvalue()], timeout=20)  # UNAVAILABLE at first
+    finally:
+        timer.join()
+        started["server"].stop()
+    assert len(answers) == 1 and answers[0].version == exported_model[1]
