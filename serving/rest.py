@@ -25,7 +25,7 @@ import tensorflow as tf
 from google.protobuf import json_format
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, predict_pb2
 
-from serving.server import ModelServer, ServingError, log
+from serving.server import ModelServer, ServingError, log, model_spec
 
 _PATH = re.compile(
     r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
@@ -73,12 +73,7 @@ def request_from_json(body: dict, model_name: str, version: int | None, label: s
     (request, row_format)."""
     if not isinstance(body, dict) or ("instances" in body) == ("inputs" in body):
         raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, 'request must have exactly one of "instances" or "inputs"')
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = model_name
-    if version is not None:
-        request.model_spec.version.value = version
-    if label:
-        request.model_spec.version_label = label
+    request = predict_pb2.PredictRequest(model_spec=model_spec(model_name, version, label))
     signature_name = body.get("signature_name", "") or "serving_default"
     request.model_spec.signature_name = signature_name
     signature = signature_defs.get(signature_name)
@@ -135,20 +130,12 @@ def response_to_json(response: predict_pb2.PredictResponse, row: bool) -> dict:
 
 
 def _status_json(server: ModelServer, name: str, version: int | None) -> dict:
-    request = get_model_status_pb2.GetModelStatusRequest()
-    request.model_spec.name = name
-    if version is not None:
-        request.model_spec.version.value = version
+    request = get_model_status_pb2.GetModelStatusRequest(model_spec=model_spec(name, version))
     return json_format.MessageToDict(server.get_model_status(request), preserving_proto_field_name=True)
 
 
 def _metadata_json(server: ModelServer, name: str, version: int | None, label: str | None) -> dict:
-    request = get_model_metadata_pb2.GetModelMetadataRequest()
-    request.model_spec.name = name
-    if version is not None:
-        request.model_spec.version.value = version
-    if label:
-        request.model_spec.version_label = label
+    request = get_model_metadata_pb2.GetModelMetadataRequest(model_spec=model_spec(name, version, label))
     request.metadata_field.append("signature_def")
     response = server.get_model_metadata(request)
     signatures = get_model_metadata_pb2.SignatureDefMap()

@@ -147,12 +147,7 @@ class ModelServer:
             return self._current.version if self._current else None
 
     def servable_for(self, name: str, version: int | None = None, label: str | None = None) -> LoadedVersion:
-        spec = model_pb2.ModelSpec(name=name)
-        if version is not None:
-            spec.version.value = version
-        if label:
-            spec.version_label = label
-        return self._servable(spec)
+        return self._servable(model_spec(name, version, label))
 
     def _servable(self, model_spec) -> LoadedVersion:
         """The loaded version a request's ModelSpec names (NOT_FOUND otherwise)."""
@@ -252,6 +247,16 @@ class ModelServer:
                 status_pb2.StatusProto(error_code=2 if message else 0, error_message=message)  # 2 = UNKNOWN
             )
         return response
+
+
+def model_spec(name: str, version: int | None = None, label: str | None = None) -> model_pb2.ModelSpec:
+    """A request's ModelSpec: the latest version, a specific one, or a labelled one."""
+    spec = model_pb2.ModelSpec(name=name)
+    if version is not None:
+        spec.version.value = version
+    if label:
+        spec.version_label = label
+    return spec
 
 
 def _fill_model_spec(spec: model_pb2.ModelSpec, name: str, version: int, signature_name: str) -> None:
