@@ -137,15 +137,17 @@ def sample_test_images(tfrecord_dir: str, hierarchy: Hierarchy, how_many: int) -
     return tests[:: max(1, len(tests) // max(1, how_many))][:how_many]
 
 
-def smoke_query(model_base_path: str, model_name: str, tfrecord_dir: str, hierarchy: Hierarchy, how_many: int = 3):
-    """Start the gRPC server on a free local port, Predict a few test images through the official stubs.
+SMOKE_QUERIES = 3
 
-    The images are the test split's stored JPEGs, so any source (files, TFDS) works.
+
+def smoke_query(model_base_path: str, model_name: str, picked: list[tuple[str, str, bytes]], hierarchy: Hierarchy):
+    """Start the gRPC server on a free local port, Predict the picked test images through the official stubs.
+
+    The images are the test split's stored JPEGs (sample_test_images), so any source (files, TFDS) works.
     """
     from serving.client import format_answer, predict_images
     from serving.server import start_server
 
-    picked = sample_test_images(tfrecord_dir, hierarchy, how_many)
     if not picked:
         return []
     server = start_server(model_base_path, model_name, host="127.0.0.1", port=0)
@@ -187,13 +189,18 @@ def run_pipeline(config: PipelineConfig, beam_args: list[str] | None = None) -> 
     candidate, history = timed("train", train_stage, config, summary.trained_on, schema, hierarchy)
     timed("evaluate", evaluate_stage, config, candidate, history, summary, hierarchy, schema)
     if summary.blessing["blessed"]:
-        timed("export", export_stage, config, candidate, summary, hierarchy)
+        # One pass over the test split picks both the warmup requests and the smoke queries.
+        samples = sample_test_images(
+            summary.trained_on[-1], hierarchy, max(SMOKE_QUERIES, config.export.warmup_requests)
+        )
+        warmup = [image for _, _, image in samples[: config.export.warmup_requests]]
+        timed("export", export_stage, config, candidate, summary, hierarchy, warmup)
         summary.answers = timed(
             "smoke-query",
             smoke_query,
             config.model_base_path,
             config.export.model_name,
-            summary.trained_on[-1],
+            samples[:SMOKE_QUERIES],
             hierarchy,
         )
     return summary
@@ -290,7 +297,7 @@ def evaluate_stage(config: PipelineConfig, model, history, summary: RunSummary, 
     )
 
 
-def export_stage(config: PipelineConfig, model, summary: RunSummary, hierarchy: Hierarchy) -> None:
+def export_stage(config: PipelineConfig, model, summary: RunSummary, hierarchy: Hierarchy, warmup: list[bytes]) -> None:
     """Export the blessed candidate with warmup requests, register it in models.config, apply retention, and
     keep its weights for the next run's warm start."""
     from components.export import apply_retention, export_model, write_model_config
@@ -303,9 +310,6 @@ def export_stage(config: PipelineConfig, model, summary: RunSummary, hierarchy: 
         "blessing": summary.blessing,
         "run_dir": summary.run_dir,
     }
-    warmup = [
-        image for _, _, image in sample_test_images(summary.trained_on[-1], hierarchy, config.export.warmup_requests)
-    ]
     summary.version, summary.version_path = export_model(
         model,
         hierarchy,

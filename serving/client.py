@@ -22,8 +22,8 @@ from tensorflow_serving.apis import (
 
 from pipeline.errors import PetpipeError
 from schemas import load_hierarchy
+from serving.server import MAX_MESSAGE_BYTES
 
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0)  # seconds between attempts while the server is UNAVAILABLE
 

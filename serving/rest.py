@@ -25,7 +25,7 @@ import tensorflow as tf
 from google.protobuf import json_format
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, predict_pb2
 
-from serving.server import ModelServer, ServingError, log, model_spec
+from serving.server import MAX_MESSAGE_BYTES, ModelServer, ServingError, log, model_spec
 
 _PATH = re.compile(
     r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
@@ -39,7 +39,6 @@ HTTP_CODES = {
     grpc.StatusCode.UNAVAILABLE: HTTPStatus.SERVICE_UNAVAILABLE,
     grpc.StatusCode.INTERNAL: HTTPStatus.INTERNAL_SERVER_ERROR,
 }
-MAX_BODY_BYTES = 64 * 1024 * 1024
 
 
 def _decode_value(value):
@@ -183,8 +182,8 @@ def _handler(server: ModelServer):
 
         def _predict(self, name: str, version: int | None, label: str | None) -> dict:
             length = int(self.headers.get("Content-Length") or 0)
-            if length > MAX_BODY_BYTES:
-                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"request body over {MAX_BODY_BYTES} bytes")
+            if length > MAX_MESSAGE_BYTES:
+                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"request body over {MAX_MESSAGE_BYTES} bytes")
             try:
                 body = json.loads(self.rfile.read(length) or b"null")
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
