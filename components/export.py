@@ -7,8 +7,9 @@ Outputs: species_probs [N,S], species [N], <species>_breed_probs [N,B_s] (condit
 breed_probs [N,B] (joint p(species)·p(breed|species), global CLASS-ID order, sums to 1), and the answer decoded
 top-down by components.model.hierarchical_answer: species [N], breed [N] (a breed of that species),
 species_uncertain [N] (top species probability below export.species_uncertainty_threshold; then the top-k
-come from all species), top_k_breeds [N,k] and top_k_scores [N,k] (joint probabilities). Label names are
-read from assets/ (breeds.txt, species.txt).
+come from all species), top_k_breeds [N,k] and top_k_scores [N,k] (joint probabilities), and image_error [N]
+("" or why that image could not be read: not an image, truncated). A bad image does not fail the batch: its row
+carries the error and answers for a blank image. Label names are read from assets/ (breeds.txt, species.txt).
 
 The version is written under a staging name that TF Serving ignores (not an integer) and renamed into place,
 so a watching server never sees a partial model.
@@ -45,6 +46,41 @@ def _label_table(path: str) -> tf.lookup.StaticHashTable:
     return tf.lookup.StaticHashTable(initializer, default_value="")
 
 
+IMAGE_ERROR_OUTPUT = "image_error"
+_JPEG_END = b"\xff\xd9"
+
+
+def image_envelope_error(data: tf.Tensor) -> tf.Tensor:
+    """Why encoded image bytes (scalar tf.string) cannot be decoded, or "" — checked in the graph from the format's
+    start and end markers, so one truncated or non-image item is reported per item instead of failing the whole
+    request in the decoder. (Damage between intact markers still fails the request in the decoder.)"""
+    length = tf.strings.length(data)
+
+    def starts(prefix: bytes) -> tf.Tensor:
+        return tf.equal(tf.strings.substr(data, 0, len(prefix)), prefix)
+
+    def check() -> tf.Tensor:
+        # Entropy-coded JPEG data cannot contain FF D9, so its presence means the end-of-image marker arrived.
+        jpeg_ok = tf.size(tf.strings.split(data, sep=_JPEG_END)) > 1
+        png_ok = tf.equal(tf.strings.substr(data, length - 8, 4), b"IEND")
+        gif_ok = tf.equal(tf.strings.substr(data, length - 1, 1), b";")
+        bmp_size = tf.io.decode_raw(tf.strings.substr(data, 2, 4), tf.int32, little_endian=True)[0]
+        bmp_ok = tf.logical_and(length >= 32, tf.logical_and(bmp_size >= 32, bmp_size <= length))
+        truncated = tf.constant("truncated image: the file ends before the image does")
+        verdicts = [
+            (starts(b"\xff\xd8\xff"), jpeg_ok),
+            (starts(b"\x89PNG\r\n\x1a\n"), png_ok),
+            (tf.logical_or(starts(b"GIF87a"), starts(b"GIF89a")), gif_ok),
+            (starts(b"BM"), bmp_ok),
+        ]
+        error = tf.constant("not a JPEG, PNG, GIF or BMP image")
+        for is_format, ok in reversed(verdicts):
+            error = tf.where(is_format, tf.where(ok, "", truncated), error)
+        return error
+
+    return tf.cond(length < 12, lambda: tf.constant("empty, or too short to be an image"), check)
+
+
 class ServingModule(tf.Module):
     """The multi-head Keras model wrapped with in-graph decoding and named, labelled outputs."""
 
@@ -62,9 +98,11 @@ class ServingModule(tf.Module):
 
     def _predict_from_bytes(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
         size = self._image_size
+        errors = tf.map_fn(image_envelope_error, image_bytes, fn_output_signature=tf.string)
+        blank = tf.zeros([size, size, 3], tf.uint8)
         images = tf.map_fn(
-            lambda data: decode_and_resize(data, size),
-            image_bytes,
+            lambda item: tf.cond(tf.equal(item[1], ""), lambda: decode_and_resize(item[0], size), lambda: blank),
+            (image_bytes, errors),
             fn_output_signature=tf.TensorSpec([size, size, 3], tf.uint8),
         )
         outputs = self.model(tf.cast(images, tf.float32), training=False)
@@ -77,6 +115,7 @@ class ServingModule(tf.Module):
             "breed": self.breed_names.lookup(tf.cast(answer["breed"], tf.int64)),
             "top_k_breeds": self.breed_names.lookup(tf.cast(answer["top_k_breeds"], tf.int64)),
             "top_k_scores": answer["top_k_scores"],
+            IMAGE_ERROR_OUTPUT: errors,
         }
         for species in self._hierarchy.species:
             result[f"{breed_head(species)}_probs"] = outputs[breed_head(species)]

@@ -31,6 +31,21 @@ Examples:
 """
 
 
+SERVE_EPILOG = """\
+Examples:
+  petpipe serve --model-base-path petpipe-work/serving/pets --rest-api-port 8501
+  petpipe serve --model_config_file=petpipe-work/serving/models.config --enable_batching \\
+      --batching_parameters_file=deploy/serving/batching_parameters.txt
+SIGTERM (or Ctrl-C) refuses new requests, lets in-flight ones finish, then exits 0.
+"""
+
+
+def _serve_flag(parser, *names, **kwargs) -> None:
+    """A flag under its dashed name and TF Serving's underscored one (--model-base-path, --model_base_path)."""
+    spellings = [*names, *("--" + n[2:].replace("-", "_") for n in names if "-" in n[2:])]
+    parser.add_argument(*dict.fromkeys(spellings), **kwargs)
+
+
 class _QuietBeam(logging.Filter):
     """Drops Beam's import-time warnings (e.g. about missing GCP clients) that are logged on the root logger."""
 
@@ -87,23 +102,51 @@ def _run(args, beam_args: list[str]) -> int:
 
 def _serve(args) -> int:
     import signal
+    import threading
 
-    from serving.server import start_server
+    from serving.core import ServingError
+    from serving.protos import ConfigFileError
+    from serving.server import ServeOptions, start_server
 
-    if not os.path.isdir(args.model_base_path):
+    if args.model_base_path and not os.path.isdir(args.model_base_path) and "://" not in args.model_base_path:
         raise PetpipeError(f"{args.model_base_path}: model base path not found (expected <version>/saved_model.pb)")
-    rest_port = args.rest_api_port or None  # 0 = off, as TF Serving's --rest_api_port
-    server = start_server(
-        args.model_base_path, args.model_name, args.host, args.port, args.poll_seconds, rest_api_port=rest_port
+    options = ServeOptions(
+        model_name=args.model_name,
+        model_base_path=args.model_base_path,
+        model_config_file=args.model_config_file,
+        model_config_file_poll_wait_seconds=args.model_config_file_poll_wait_seconds,
+        file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
+        host=args.host,
+        port=args.port,
+        rest_api_port=args.rest_api_port or None,  # 0 = off, as TF Serving's --rest_api_port
+        enable_batching=args.enable_batching,
+        batching_parameters_file=args.batching_parameters_file,
+        ssl_config_file=args.ssl_config_file,
+        max_message_bytes=args.max_message_bytes,
+        max_request_batch=args.max_request_batch,
+        max_string_bytes=args.max_string_bytes,
+        allowed_base_path_roots=tuple(args.allowed_base_path_roots or ()),
+        grpc_max_threads=args.grpc_max_threads,
+        drain_seconds=args.drain_seconds,
     )
-    log.info("gRPC on %s:%d, model %r from %s", args.host, server.port, args.model_name, args.model_base_path)
-    if server.rest_port:
-        log.info("REST on http://%s:%d/v1/models/%s", args.host, server.rest_port, args.model_name)
-    signal.signal(signal.SIGTERM, lambda *_: server.stop())
     try:
-        server.wait()
+        server = start_server(options=options)
+    except (ConfigFileError, ServingError) as exc:
+        raise PetpipeError(str(exc)) from None
+    names = ", ".join(server.model_server.model_names)
+    log.info("gRPC on %s:%d%s, models: %s", args.host, server.port, " (TLS)" if args.ssl_config_file else "", names)
+    if server.rest_port:
+        log.info("REST on http://%s:%d/v1/models/<name>", args.host, server.rest_port)
+    stop_requested = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop_requested.set())
+    try:
+        while not stop_requested.wait(0.5):  # a timed wait, so signals are handled promptly
+            pass
+        log.info("SIGTERM: draining in-flight requests (up to %.0f s), then stopping", args.drain_seconds)
     except KeyboardInterrupt:
-        server.stop()
+        log.info("interrupted: draining in-flight requests, then stopping")
+    server.stop()
+    log.info("stopped")
     return 0
 
 
@@ -182,13 +225,39 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--work-dir", help="where data, TFRecords and metrics go (default petpipe-work)")
     run.add_argument("--serving-dir", help="TF Serving model root (default <work-dir>/serving)")
 
-    serve = commands.add_parser("serve", help="serve a model directory over TF Serving's gRPC API")
-    serve.add_argument("--model-base-path", required=True, help="directory holding <version>/ SavedModels")
-    serve.add_argument("--model-name", default="pets", help="name clients put in model_spec.name (default pets)")
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, local only)")
-    serve.add_argument("--port", type=int, default=8500, help="gRPC port (default 8500, as TF Serving)")
-    serve.add_argument("--rest-api-port", type=int, default=0, help="REST port (TF Serving uses 8501); 0 = no REST")
-    serve.add_argument("--poll-seconds", type=float, default=1.0, help="how often to look for new versions")
+    serve = commands.add_parser(
+        "serve",
+        help="serve models over TF Serving's gRPC and REST APIs",
+        description="A stand-in for tensorflow_model_server on the same directories, config files and APIs. "
+        "TF Serving's own flag spellings (--model_base_path, --rest_api_port, ...) are accepted too.",
+        epilog=SERVE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _serve_flag(serve, "--model-base-path", help="directory holding <version>/ SavedModels (one model)")
+    _serve_flag(serve, "--model-name", default="pets", help="name of that model in requests (default pets)")
+    _serve_flag(serve, "--model-config-file", help="TF Serving ModelServerConfig text proto: several models, "
+                "version policies, labels (instead of --model-base-path)")  # fmt: skip
+    _serve_flag(serve, "--model-config-file-poll-wait-seconds", type=float, default=0.0,
+                help="re-read the config file this often and apply changes (default 0: read once)")  # fmt: skip
+    _serve_flag(serve, "--file-system-poll-wait-seconds", "--poll-seconds", type=float, default=1.0,
+                help="how often to look for new versions (default 1)")  # fmt: skip
+    _serve_flag(serve, "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, local only)")
+    _serve_flag(serve, "--port", type=int, default=8500, help="gRPC port (default 8500, as TF Serving; 0 = any)")
+    _serve_flag(serve, "--rest-api-port", type=int, default=0, help="REST port (TF Serving uses 8501); 0 = no REST")
+    _serve_flag(serve, "--enable-batching", action="store_true", help="server-side dynamic batching (default off)")
+    _serve_flag(serve, "--batching-parameters-file", help="TF Serving BatchingParameters text proto")
+    _serve_flag(serve, "--ssl-config-file", help="TF Serving SSLConfig text proto: TLS, mutual TLS with "
+                "client_verify")  # fmt: skip
+    _serve_flag(serve, "--max-message-bytes", type=int, default=64 << 20, help="largest gRPC message / REST body "
+                "(default 64 MiB)")  # fmt: skip
+    _serve_flag(serve, "--max-request-batch", type=int, default=1024, help="most rows per request (default 1024)")
+    _serve_flag(serve, "--max-string-bytes", type=int, default=16 << 20, help="largest string element, e.g. one "
+                "image (default 16 MiB)")  # fmt: skip
+    _serve_flag(serve, "--allowed-base-path-roots", nargs="+", metavar="DIR", help="directories a config reload "
+                "may point models into (default: the parents of the starting base paths)")  # fmt: skip
+    _serve_flag(serve, "--grpc-max-threads", type=int, default=16, help="gRPC worker threads (default 16)")
+    _serve_flag(serve, "--drain-seconds", type=float, default=30.0, help="on SIGTERM, how long in-flight requests "
+                "may take to finish (default 30)")  # fmt: skip
 
     predict = commands.add_parser("predict", help="ask a TF Serving (or petpipe serve) server about images")
     predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files, directories or globs")

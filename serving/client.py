@@ -36,6 +36,7 @@ class PetAnswer:
     breed_prob: float
     top_k: list[tuple[str, float]]
     version: int
+    error: str = ""  # why the server could not read this image ("" when it could); then the rest is meaningless
 
 
 def predict_images(
@@ -132,12 +133,15 @@ def parse_response(response: predict_pb2.PredictResponse, species_names: list[st
                 breed_prob=top[0][1],  # joint probability of the answered breed
                 top_k=top,
                 version=response.model_spec.version.value,
+                error=outputs["image_error"][i].decode() if "image_error" in outputs else "",
             )
         )
     return answers
 
 
 def format_answer(label: str, answer: PetAnswer) -> str:
+    if answer.error:
+        return f"{label}: error: {answer.error}"
     species = ", ".join(f"{name} {p:.3f}" for name, p in answer.species_probs.items())
     top = ", ".join(f"{name} {p:.3f}" for name, p in answer.top_k)
     breed = f"breed {answer.breed} {answer.breed_prob:.3f}"

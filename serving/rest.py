@@ -4,10 +4,13 @@
   GET  /v1/models/{name}[/versions/{v}|/labels/{l}]/metadata    → signature defs
   POST /v1/models/{name}[/versions/{v}|/labels/{l}]:predict     → {"instances": [...]} (row) or {"inputs": ...}
                                                                    (columnar); bytes as {"b64": "..."}
+  POST /v1/models/{name}[/versions/{v}|/labels/{l}]:classify    → {"examples": [{feature: value}], "context": {}}
+  POST /v1/models/{name}[/versions/{v}|/labels/{l}]:regress       answered {"result": ...}
 
 Row requests answer {"predictions": [...]} (one entry per instance; a dict when there are several outputs),
-columnar ones {"outputs": ...}. Errors answer {"error": "..."} with the HTTP code of the gRPC status, as TF
-Serving does. Pure core: request_from_json, response_to_json. Thin shell: a ThreadingHTTPServer.
+columnar ones {"outputs": ...}. Example features are read as TF Serving does: integers → int64_list, other numbers
+→ float_list, strings and {"b64"} → bytes_list. Errors answer {"error": "..."} with the HTTP code of the gRPC
+status, as TF Serving does. Pure core: request_from_json, response_to_json. Thin shell: a ThreadingHTTPServer.
 """
 
 from __future__ import annotations
@@ -23,13 +26,20 @@ import grpc
 import numpy as np
 import tensorflow as tf
 from google.protobuf import json_format
-from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, predict_pb2
+from tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    input_pb2,
+    predict_pb2,
+    regression_pb2,
+)
 
-from serving.server import MAX_MESSAGE_BYTES, ModelServer, ServingError, log, model_spec
+from serving.core import ModelServer, ServingError, log, model_spec
 
 _PATH = re.compile(
     r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
-    r"(?P<suffix>/metadata|:predict)?$"
+    r"(?P<suffix>/metadata|:predict|:classify|:regress)?$"
 )
 HTTP_CODES = {
     grpc.StatusCode.INVALID_ARGUMENT: HTTPStatus.BAD_REQUEST,
@@ -128,8 +138,62 @@ def response_to_json(response: predict_pb2.PredictResponse, row: bool) -> dict:
     return {"predictions": [{name: _json_value(array[i]) for name, array in outputs.items()} for i in range(count)]}
 
 
-def _status_json(server: ModelServer, name: str, version: int | None) -> dict:
-    request = get_model_status_pb2.GetModelStatusRequest(model_spec=model_spec(name, version))
+def _feature(name: str, value) -> tf.train.Feature:
+    values = value if isinstance(value, list) else [value]
+    if all(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values):
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[_as_bytes(name, v) for v in values]))
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return tf.train.Feature(float_list=tf.train.FloatList(value=values))
+    raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"feature '{name}': mixed value types {values!r}")
+
+
+def _as_bytes(name: str, value) -> bytes:
+    decoded = _decode_value(value)
+    if not isinstance(decoded, bytes):
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"feature '{name}': unsupported value {value!r}")
+    return decoded
+
+
+def _example(features) -> tf.train.Example:
+    if not isinstance(features, dict):
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"an example must be a JSON object, got {features!r}")
+    return tf.train.Example(
+        features=tf.train.Features(feature={name: _feature(name, value) for name, value in features.items()})
+    )
+
+
+def examples_request_from_json(body, kind: str, name: str, version: int | None, label: str | None):
+    """A ClassificationRequest or RegressionRequest from TF Serving's REST JSON ({"examples", "context"})."""
+    if not isinstance(body, dict) or not isinstance(body.get("examples"), list):
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, '"examples" must be a list of objects')
+    message = classification_pb2.ClassificationRequest if kind == "classify" else regression_pb2.RegressionRequest
+    request = message(model_spec=model_spec(name, version, label))
+    request.model_spec.signature_name = body.get("signature_name", "") or "serving_default"
+    examples = [_example(e) for e in body["examples"]]
+    if "context" in body:
+        request.input.CopyFrom(
+            input_pb2.Input(
+                example_list_with_context=input_pb2.ExampleListWithContext(
+                    examples=examples, context=_example(body["context"])
+                )
+            )
+        )
+    else:
+        request.input.example_list.examples.extend(examples)
+    return request
+
+
+def examples_response_to_json(response, kind: str) -> dict:
+    """{"result": [[[label, score], ...], ...]} for classify, {"result": [value, ...]} for regress."""
+    if kind == "classify":
+        return {"result": [[[c.label, c.score] for c in item.classes] for item in response.result.classifications]}
+    return {"result": [r.value for r in response.result.regressions]}
+
+
+def _status_json(server: ModelServer, name: str, version: int | None, label: str | None) -> dict:
+    request = get_model_status_pb2.GetModelStatusRequest(model_spec=model_spec(name, version, label))
     return json_format.MessageToDict(server.get_model_status(request), preserving_proto_field_name=True)
 
 
@@ -145,9 +209,36 @@ def _metadata_json(server: ModelServer, name: str, version: int | None, label: s
     }
 
 
-def _handler(server: ModelServer):
+class _InFlight:
+    """Counts requests being answered, so a stop can wait for them (and refuse new ones meanwhile)."""
+
+    def __init__(self):
+        self.count = 0
+        self.draining = False
+        self.cond = threading.Condition()
+
+    def enter(self) -> bool:
+        with self.cond:
+            if self.draining:
+                return False
+            self.count += 1
+            return True
+
+    def leave(self) -> None:
+        with self.cond:
+            self.count -= 1
+            self.cond.notify_all()
+
+    def drain(self, timeout: float) -> None:
+        with self.cond:
+            self.draining = True
+            self.cond.wait_for(lambda: self.count == 0, timeout)
+
+
+def _handler(server: ModelServer, max_body_bytes: int, in_flight: _InFlight):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        timeout = 60  # an idle or stalled connection is closed instead of holding a thread forever
 
         def log_message(self, *args):  # requests are not logged line by line
             pass
@@ -168,11 +259,16 @@ def _handler(server: ModelServer):
             version = int(match["version"]) if match["version"] else None
             try:
                 if method == "GET" and suffix is None:
-                    return self._send(HTTPStatus.OK, _status_json(server, name, version))
+                    return self._send(HTTPStatus.OK, _status_json(server, name, version, label))
                 if method == "GET" and suffix == "/metadata":
                     return self._send(HTTPStatus.OK, _metadata_json(server, name, version, label))
                 if method == "POST" and suffix == ":predict":
                     return self._send(HTTPStatus.OK, self._predict(name, version, label))
+                if method == "POST" and suffix in (":classify", ":regress"):
+                    kind = suffix[1:]
+                    request = examples_request_from_json(self._body(), kind, name, version, label)
+                    response = (server.classify if kind == "classify" else server.regress)(request)
+                    return self._send(HTTPStatus.OK, examples_response_to_json(response, kind))
                 return self._send(HTTPStatus.NOT_FOUND, {"error": f"Malformed request: {method} {self.path}"})
             except ServingError as exc:
                 return self._send(HTTP_CODES.get(exc.code, HTTPStatus.INTERNAL_SERVER_ERROR), {"error": exc.message})
@@ -180,23 +276,39 @@ def _handler(server: ModelServer):
                 log.exception("REST %s %s", method, self.path)
                 return self._send(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"{type(exc).__name__}: {exc}"})
 
-        def _predict(self, name: str, version: int | None, label: str | None) -> dict:
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > MAX_MESSAGE_BYTES:
-                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"request body over {MAX_MESSAGE_BYTES} bytes")
+        def _body(self):
             try:
-                body = json.loads(self.rfile.read(length) or b"null")
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "Content-Length is not a number") from None
+            if length > max_body_bytes:
+                self.close_connection = True  # the unread body must not be parsed as the next request
+                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"request body over {max_body_bytes} bytes")
+            try:
+                return json.loads(self.rfile.read(length) or b"null")
+            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
                 raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"JSON Parse error: {exc}") from None
+
+        def _predict(self, name: str, version: int | None, label: str | None) -> dict:
+            body = self._body()
             servable = server.servable_for(name, version, label)
             request, row = request_from_json(body, name, version, label, servable.signature_defs)
             return response_to_json(server.predict(request), row)
 
+        def _serve(self, method: str) -> None:
+            if not in_flight.enter():
+                self.close_connection = True
+                return self._send(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "Server is shutting down"})
+            try:
+                self._route(method)
+            finally:
+                in_flight.leave()
+
         def do_GET(self):  # noqa: N802 (http.server's naming)
-            self._route("GET")
+            self._serve("GET")
 
         def do_POST(self):  # noqa: N802
-            self._route("POST")
+            self._serve("POST")
 
     return Handler
 
@@ -204,13 +316,16 @@ def _handler(server: ModelServer):
 class RestServer:
     """TF Serving's REST API on host:port (port 0 picks a free one), in a background thread."""
 
-    def __init__(self, model_server: ModelServer, host: str = "127.0.0.1", port: int = 8501):
-        self.httpd = ThreadingHTTPServer((host, port), _handler(model_server))
+    def __init__(self, model_server: ModelServer, host: str = "127.0.0.1", port: int = 8501, max_body_bytes=64 << 20):
+        self._in_flight = _InFlight()
+        self.httpd = ThreadingHTTPServer((host, port), _handler(model_server, max_body_bytes, self._in_flight))
+        # stop() waits for requests being answered (a graceful drain), not for idle keep-alive connections.
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True, name="rest")
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 30.0) -> None:
+        self._in_flight.drain(grace)
         self.httpd.shutdown()
         self.httpd.server_close()

@@ -1,310 +1,24 @@
-"""A stand-in for `tensorflow_model_server`: TF Serving's gRPC API over TF Serving's directory layout.
+"""`petpipe serve`: TF Serving's gRPC API (and, with a REST port, its HTTP API) over serving/core.py's ModelServer.
 
-The real server cannot be installed on our machines, so this is what tests, demos and laptops talk to; production
-runs the real one on the same directory. It follows TF Serving's documented behaviour:
-
-* `<model_base_path>/<version>/saved_model.pb` — only integer-named directories are versions, the rest
-  (e.g. an exporter's staging directory) is ignored; the highest version is served (policy "latest 1") and the
-  base path is polled for new versions (every second by default, like --file_system_poll_wait_seconds);
-* PredictionService.Predict: `model_spec.name` must match (else NOT_FOUND "Servable not found for request"),
-  `model_spec.version` selects a loaded version, `signature_name` defaults to serving_default (unknown →
-  FAILED_PRECONDITION), inputs must match the signature (INVALID_ARGUMENT), `output_filter` selects outputs;
-* PredictionService.GetModelMetadata with metadata_field "signature_def" → a SignatureDefMap;
-* ModelService.GetModelStatus → per version state and status.
-
-Pure core: ModelServer (load, select, predict, metadata, status on protos). Thin shell: the gRPC servicers.
+Thin shell: servicers that turn a ServingError into the gRPC status TF Serving would answer, TLS / mutual TLS
+from TF Serving's --ssl_config_file, the version poller (--file_system_poll_wait_seconds) and the model config
+file poller (--model_config_file_poll_wait_seconds), and a graceful stop that drains in-flight requests.
 """
 
 from __future__ import annotations
 
-import logging
-import os
 import threading
 from concurrent import futures
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import grpc
-import tensorflow as tf
-from tensorflow.core.framework import types_pb2
-from tensorflow.core.protobuf import saved_model_pb2
-from tensorflow_serving.apis import (
-    get_model_metadata_pb2,
-    get_model_status_pb2,
-    model_pb2,
-    model_service_pb2_grpc,
-    predict_pb2,
-    prediction_log_pb2,
-    prediction_service_pb2_grpc,
-    status_pb2,
-)
+from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
-from components.export import WARMUP_FILE, existing_versions
-from components.preprocess import tf_error_reason
+from serving.batching import BatchingOptions
+from serving.core import ModelServer, ServingError, ServingLimits, log, single_model_config
+from serving.protos import BatchingParameters, ConfigFileError, ModelServerConfig, SSLConfig, read_text_proto
 
-log = logging.getLogger("petpipe.serve")
-DEFAULT_SIGNATURE = "serving_default"
-ModelVersionStatus = get_model_status_pb2.ModelVersionStatus
-
-
-class ServingError(Exception):
-    """An error answered to the client with a gRPC status code, as TF Serving would."""
-
-    def __init__(self, code: grpc.StatusCode, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-@dataclass
-class LoadedVersion:
-    version: int
-    path: str
-    signature_defs: dict  # name → meta_graph_pb2.SignatureDef, as stored in saved_model.pb
-    functions: dict  # name → concrete function
-    model: object = field(repr=False)  # keeps the loaded SavedModel (and its resources) alive
-
-
-def load_version(path: str, version: int) -> LoadedVersion:
-    saved_model = saved_model_pb2.SavedModel()
-    with tf.io.gfile.GFile(os.path.join(path, "saved_model.pb"), "rb") as f:
-        saved_model.ParseFromString(f.read())
-    signature_defs = dict(saved_model.meta_graphs[0].signature_def)
-    model = tf.saved_model.load(path)
-    functions = {name: model.signatures[name] for name in signature_defs if name in model.signatures}
-    loaded = LoadedVersion(version, path, signature_defs, functions, model)
-    replayed = warm_up(loaded)
-    if replayed:
-        log.info("version %d: replayed %d warmup requests", version, replayed)
-    return loaded
-
-
-MAX_WARMUP_RECORDS = 1000  # TF Serving's limit
-
-
-def warm_up(loaded: LoadedVersion) -> int:
-    """Replay `assets.extra/tf_serving_warmup_requests` (PredictionLog records) before the version takes
-    traffic, as TF Serving does; a request that fails fails the load. Returns how many were replayed."""
-    path = os.path.join(loaded.path, WARMUP_FILE)
-    if not tf.io.gfile.exists(path):
-        return 0
-    count = 0
-    for record in tf.data.TFRecordDataset(path).take(MAX_WARMUP_RECORDS):
-        entry = prediction_log_pb2.PredictionLog.FromString(record.numpy())
-        if not entry.HasField("predict_log"):
-            continue  # classify/regress/multi-inference logs: no such signatures in our models
-        request = entry.predict_log.request
-        function = loaded.functions[request.model_spec.signature_name or DEFAULT_SIGNATURE]
-        function(**{name: tf.constant(tf.make_ndarray(proto)) for name, proto in request.inputs.items()})
-        count += 1
-    return count
-
-
-class ModelServer:
-    """Serves the latest version under `model_base_path` as `model_name`; thread-safe."""
-
-    def __init__(self, model_name: str, model_base_path: str):
-        self.model_name = model_name
-        self.model_base_path = model_base_path
-        self._lock = threading.Lock()
-        self._current: LoadedVersion | None = None
-        self._states: dict[int, tuple[int, str]] = {}  # version → (ModelVersionStatus.State, error message)
-
-    # --- version management -------------------------------------------------------------------------------
-    def poll(self) -> bool:
-        """Load the highest version if it is newer than the served one; True if the served version changed."""
-        versions = existing_versions(self.model_base_path)
-        if not versions:
-            return False
-        newest = versions[-1]
-        with self._lock:
-            current = self._current.version if self._current else None
-            failed = self._states.get(newest, (None, ""))[0] == ModelVersionStatus.END and newest != current
-        if newest == current or failed:
-            return False
-        path = os.path.join(self.model_base_path, str(newest))
-        self._set_state(newest, ModelVersionStatus.LOADING)
-        try:
-            loaded = load_version(path, newest)
-        except Exception as exc:  # a broken version must not take the server down; keep serving the old one
-            log.error("failed to load %s: %s", path, exc)
-            self._set_state(newest, ModelVersionStatus.END, f"Failed to load servable version {newest}: {exc}")
-            return False
-        with self._lock:
-            previous, self._current = self._current, loaded
-            self._states[newest] = (ModelVersionStatus.AVAILABLE, "")
-            if previous is not None:
-                self._states[previous.version] = (ModelVersionStatus.END, "")
-        log.info("serving %s version %d from %s", self.model_name, newest, path)
-        return True
-
-    def _set_state(self, version: int, state: int, message: str = "") -> None:
-        with self._lock:
-            self._states[version] = (state, message)
-
-    @property
-    def current_version(self) -> int | None:
-        with self._lock:
-            return self._current.version if self._current else None
-
-    def servable_for(self, name: str, version: int | None = None, label: str | None = None) -> LoadedVersion:
-        return self._servable(model_spec(name, version, label))
-
-    def _servable(self, model_spec) -> LoadedVersion:
-        """The loaded version a request's ModelSpec names (NOT_FOUND otherwise)."""
-        if not model_spec.name:
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
-        requested = model_spec.version.value if model_spec.HasField("version") else None
-        if model_spec.version_label:
-            raise ServingError(
-                grpc.StatusCode.INVALID_ARGUMENT, f"Unrecognized servable version label: {model_spec.version_label}"
-            )
-        with self._lock:
-            current = self._current
-        request_text = f"Specific({model_spec.name}, {requested})" if requested else f"Latest({model_spec.name})"
-        if model_spec.name != self.model_name or current is None or requested not in (None, current.version):
-            raise ServingError(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: {request_text}")
-        return current
-
-    # --- PredictionService ------------------------------------------------------------------------------
-    def predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
-        servable = self._servable(request.model_spec)
-        signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
-        signature = servable.signature_defs.get(signature_name)
-        if signature is None or signature_name not in servable.functions:
-            raise ServingError(
-                grpc.StatusCode.FAILED_PRECONDITION, f'Serving signature key "{signature_name}" not found.'
-            )
-        sent, expected = set(request.inputs), set(signature.inputs)
-        if sent != expected:
-            raise ServingError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"input size does not match signature: {len(sent)}!={len(expected)} len({{{','.join(sorted(sent))}}})"
-                f" != len({{{','.join(sorted(expected))}}}). Sent extra: {{{','.join(sorted(sent - expected))}}}."
-                f" Missing but required: {{{','.join(sorted(expected - sent))}}}.",
-            )
-        outputs = list(request.output_filter) or sorted(signature.outputs)
-        for alias in outputs:
-            if alias not in signature.outputs:
-                raise ServingError(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"output tensor alias not found in signature: {alias} Outputs expected to be in the set "
-                    f"{{{','.join(sorted(signature.outputs))}}}.",
-                )
-        if len(set(outputs)) != len(outputs):
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "duplicate output tensor alias")
-        feeds = {name: _input_tensor(name, request.inputs[name], signature.inputs[name]) for name in expected}
-        try:
-            results = servable.functions[signature_name](**feeds)
-        except (tf.errors.InvalidArgumentError, ValueError, TypeError) as exc:
-            raise ServingError(
-                grpc.StatusCode.INVALID_ARGUMENT, tf_error_reason(getattr(exc, "message", str(exc)))
-            ) from None
-        response = predict_pb2.PredictResponse()
-        _fill_model_spec(response.model_spec, self.model_name, servable.version, signature_name)
-        for alias in outputs:
-            response.outputs[alias].CopyFrom(tf.make_tensor_proto(results[alias].numpy()))
-        return response
-
-    def get_model_metadata(self, request) -> get_model_metadata_pb2.GetModelMetadataResponse:
-        servable = self._servable(request.model_spec)
-        if not request.metadata_field:
-            raise ServingError(
-                grpc.StatusCode.INVALID_ARGUMENT, "GetModelMetadataRequest must specify at least one metadata_field"
-            )
-        for metadata_field in request.metadata_field:
-            if metadata_field != "signature_def":
-                raise ServingError(
-                    grpc.StatusCode.INVALID_ARGUMENT, f"Metadata field {metadata_field} is not supported"
-                )
-        response = get_model_metadata_pb2.GetModelMetadataResponse()
-        _fill_model_spec(response.model_spec, self.model_name, servable.version, "")
-        signature_map = get_model_metadata_pb2.SignatureDefMap()
-        for name, signature in servable.signature_defs.items():
-            signature_map.signature_def[name].CopyFrom(signature)
-        response.metadata["signature_def"].Pack(signature_map)
-        return response
-
-    # --- ModelService -----------------------------------------------------------------------------------
-    def get_model_status(self, request) -> get_model_status_pb2.GetModelStatusResponse:
-        spec = request.model_spec
-        if not spec.name:
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
-        with self._lock:
-            states = dict(self._states)
-        if spec.name != self.model_name or not states:
-            raise ServingError(grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {spec.name}")
-        if spec.HasField("version"):
-            if spec.version.value not in states:
-                raise ServingError(
-                    grpc.StatusCode.NOT_FOUND, f"Could not find version {spec.version.value} of model {spec.name}"
-                )
-            states = {spec.version.value: states[spec.version.value]}
-        response = get_model_status_pb2.GetModelStatusResponse()
-        for version in sorted(states, reverse=True):
-            state, message = states[version]
-            entry = response.model_version_status.add(version=version, state=state)
-            entry.status.CopyFrom(
-                status_pb2.StatusProto(error_code=2 if message else 0, error_message=message)  # 2 = UNKNOWN
-            )
-        return response
-
-
-def model_spec(name: str, version: int | None = None, label: str | None = None) -> model_pb2.ModelSpec:
-    """A request's ModelSpec: the latest version, a specific one, or a labelled one."""
-    spec = model_pb2.ModelSpec(name=name)
-    if version is not None:
-        spec.version.value = version
-    if label:
-        spec.version_label = label
-    return spec
-
-
-def _fill_model_spec(spec: model_pb2.ModelSpec, name: str, version: int, signature_name: str) -> None:
-    spec.name = name
-    spec.version.value = version
-    if signature_name:
-        spec.signature_name = signature_name
-
-
-def _input_tensor(name: str, proto, tensor_info) -> tf.Tensor:
-    """TensorProto → tensor of the signature's dtype; INVALID_ARGUMENT naming the input otherwise."""
-    try:
-        array = tf.make_ndarray(proto)
-    except Exception as exc:
-        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"input '{name}': malformed TensorProto: {exc}") from None
-    if proto.dtype != tensor_info.dtype:
-        # TF's DataTypeString spelling, as in TF Serving's message: "float", "string", "int64".
-        expected, got = (types_pb2.DataType.Name(t)[3:].lower() for t in (tensor_info.dtype, proto.dtype))
-        raise ServingError(
-            grpc.StatusCode.INVALID_ARGUMENT, f"Expects arg '{name}' to be {expected} but {got} is provided"
-        )
-    if not tensor_info.tensor_shape.unknown_rank:
-        dims = [d.size for d in tensor_info.tensor_shape.dim]
-        if array.ndim != len(dims) or any(d >= 0 and d != s for d, s in zip(dims, array.shape, strict=True)):
-            raise ServingError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"input '{name}': shape {list(array.shape)} does not match the signature's {dims} (-1 = any)",
-            )
-    return tf.constant(array)
-
-
-class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, server: ModelServer):
-        self.server = server
-
-    def Predict(self, request, context):
-        return _answer(context, self.server.predict, request)
-
-    def GetModelMetadata(self, request, context):
-        return _answer(context, self.server.get_model_metadata, request)
-
-
-class _ModelService(model_service_pb2_grpc.ModelServiceServicer):
-    def __init__(self, server: ModelServer):
-        self.server = server
-
-    def GetModelStatus(self, request, context):
-        return _answer(context, self.server.get_model_status, request)
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 def _answer(context, method, request):
@@ -317,68 +31,197 @@ def _answer(context, method, request):
         context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
 
 
-class RunningServer:
-    """A started gRPC server plus its version poller; `stop()` ends both."""
+class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+    def __init__(self, server: ModelServer):
+        self.server = server
 
-    def __init__(self, grpc_server, model_server: ModelServer, port: int, poll_seconds: float, rest=None):
+    def Predict(self, request, context):  # noqa: N802 (gRPC's naming)
+        return _answer(context, self.server.predict, request)
+
+    def Classify(self, request, context):  # noqa: N802
+        return _answer(context, self.server.classify, request)
+
+    def Regress(self, request, context):  # noqa: N802
+        return _answer(context, self.server.regress, request)
+
+    def MultiInference(self, request, context):  # noqa: N802
+        return _answer(context, self.server.multi_inference, request)
+
+    def GetModelMetadata(self, request, context):  # noqa: N802
+        return _answer(context, self.server.get_model_metadata, request)
+
+
+class _ModelService(model_service_pb2_grpc.ModelServiceServicer):
+    def __init__(self, server: ModelServer):
+        self.server = server
+
+    def GetModelStatus(self, request, context):  # noqa: N802
+        return _answer(context, self.server.get_model_status, request)
+
+    def HandleReloadConfigRequest(self, request, context):  # noqa: N802
+        return _answer(context, self.server.handle_reload_config_request, request)
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """Everything `petpipe serve` takes, in TF Serving's terms where TF Serving has a flag for it."""
+
+    model_name: str = "pets"
+    model_base_path: str | None = None
+    model_config_file: str | None = None
+    model_config_file_poll_wait_seconds: float = 0.0  # 0: read the config file once, as TF Serving
+    file_system_poll_wait_seconds: float = 1.0
+    host: str = "127.0.0.1"  # loopback unless asked otherwise (TF Serving binds every interface)
+    port: int = 8500
+    rest_api_port: int | None = None
+    enable_batching: bool = False
+    batching_parameters_file: str | None = None
+    ssl_config_file: str | None = None
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+    max_request_batch: int = ServingLimits.max_request_batch
+    max_string_bytes: int = ServingLimits.max_string_bytes
+    allowed_base_path_roots: tuple[str, ...] = ()
+    grpc_max_threads: int = 16
+    drain_seconds: float = 30.0
+
+
+def model_server_config(options: ServeOptions) -> ModelServerConfig:
+    if bool(options.model_config_file) == bool(options.model_base_path):
+        raise ConfigFileError("give exactly one of --model_config_file or --model_base_path")
+    if options.model_config_file:
+        return read_text_proto(options.model_config_file, ModelServerConfig)
+    return single_model_config(options.model_name, options.model_base_path)
+
+
+def batching_options(options: ServeOptions) -> BatchingOptions | None:
+    if options.batching_parameters_file and not options.enable_batching:
+        raise ConfigFileError("--batching_parameters_file needs --enable_batching (as in TF Serving)")
+    if not options.enable_batching:
+        return None
+    if not options.batching_parameters_file:
+        return BatchingOptions()
+    path = options.batching_parameters_file
+    return BatchingOptions.from_proto(read_text_proto(path, BatchingParameters), path)
+
+
+def server_credentials(path: str) -> grpc.ServerCredentials:
+    """TF Serving's SSLConfig: PEM strings inline (server_key, server_cert, custom_ca) and client_verify for
+    mutual TLS."""
+    ssl = read_text_proto(path, SSLConfig)
+    if not ssl.server_key or not ssl.server_cert:
+        raise ConfigFileError(f"{path}: server_key and server_cert are required (PEM text)")
+    if ssl.client_verify and not ssl.custom_ca:
+        raise ConfigFileError(f"{path}: client_verify needs custom_ca (the CA that signs client certificates)")
+    return grpc.ssl_server_credentials(
+        [(ssl.server_key.encode(), ssl.server_cert.encode())],
+        root_certificates=ssl.custom_ca.encode() or None,
+        require_client_auth=ssl.client_verify,
+    )
+
+
+class RunningServer:
+    """A started gRPC server (+ REST) plus its pollers; `stop()` drains in-flight requests, then ends all."""
+
+    def __init__(self, grpc_server, model_server: ModelServer, port: int, options: ServeOptions, rest=None):
         self.grpc_server = grpc_server
         self.model_server = model_server
         self.port = port
         self.rest = rest  # serving.rest.RestServer or None
         self.rest_port = rest.port if rest else None
+        self.options = options
         self._stop = threading.Event()
-        self._poller = threading.Thread(target=self._poll_loop, args=(poll_seconds,), daemon=True, name="poller")
-        self._poller.start()
+        self._stopped = threading.Event()
+        self._threads = [threading.Thread(target=self._poll_versions, daemon=True, name="version-poller")]
+        if options.model_config_file and options.model_config_file_poll_wait_seconds > 0:
+            self._threads.append(threading.Thread(target=self._poll_config, daemon=True, name="config-poller"))
+        for thread in self._threads:
+            thread.start()
 
-    def _poll_loop(self, seconds: float) -> None:
-        while not self._stop.wait(seconds):
+    def _poll_versions(self) -> None:
+        while not self._stop.wait(self.options.file_system_poll_wait_seconds):
             try:
                 self.model_server.poll()
-            except Exception:  # e.g. the base path vanished for a moment; try again next time
-                log.exception("polling %s failed", self.model_server.model_base_path)
+            except Exception:  # e.g. a base path vanished for a moment; try again next time
+                log.exception("polling model base paths failed")
 
-    def stop(self, grace: float = 5.0) -> None:
+    def _poll_config(self) -> None:
+        path = self.options.model_config_file
+        last = None
+        while not self._stop.wait(self.options.model_config_file_poll_wait_seconds):
+            try:
+                config = read_text_proto(path, ModelServerConfig)
+                if last is not None and config == last:
+                    continue
+                if last is not None:
+                    log.info("%s changed; reloading the model config", path)
+                    self.model_server.reload_config(config)
+                last = config
+            except (ConfigFileError, ServingError) as exc:  # keep serving the last good config
+                log.error("model config %s not applied: %s", path, exc)
+
+    def stop(self, grace: float | None = None) -> None:
+        """Refuse new requests, let in-flight ones finish (up to `grace` seconds), then stop. Idempotent."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
         self._stop.set()
+        grace = self.options.drain_seconds if grace is None else grace
+        drained = self.grpc_server.stop(grace)  # refuses new RPCs at once, waits for in-flight ones
         if self.rest:
-            self.rest.stop()
-        self.grpc_server.stop(grace).wait()
+            self.rest.stop(grace)
+        drained.wait()
+        self.model_server.unload_all()
 
     def wait(self) -> None:
         self.grpc_server.wait_for_termination()
 
 
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-
-
 def start_server(
-    model_base_path: str,
+    model_base_path: str | None = None,
     model_name: str = "pets",
     host: str = "127.0.0.1",
     port: int = 8500,
     poll_seconds: float = 1.0,
-    max_workers: int = 8,
     rest_api_port: int | None = None,
+    options: ServeOptions | None = None,
 ) -> RunningServer:
-    """Load the latest version, then serve gRPC on host:port (port 0 picks a free one) and, with rest_api_port
-    (0 picks a free one), TF Serving's REST API beside it."""
-    model_server = ModelServer(model_name, model_base_path)
+    """Load the models, then serve gRPC on host:port (port 0 picks a free one) and, with rest_api_port (0 picks a
+    free one), TF Serving's REST API beside it. Either the short arguments or a full ServeOptions."""
+    if options is None:
+        options = ServeOptions(
+            model_name=model_name,
+            model_base_path=model_base_path,
+            host=host,
+            port=port,
+            file_system_poll_wait_seconds=poll_seconds,
+            rest_api_port=rest_api_port,
+        )
+    model_server = ModelServer(
+        model_server_config(options),
+        batching=batching_options(options),
+        limits=ServingLimits(options.max_request_batch, options.max_string_bytes),
+        allowed_roots=options.allowed_base_path_roots or None,
+    )
+    credentials = server_credentials(options.ssl_config_file) if options.ssl_config_file else None
     model_server.poll()
-    if model_server.current_version is None:
-        log.warning("no servable version under %s yet; waiting for one", model_base_path)
-    options = [
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    for name in model_server.model_names:
+        if model_server.latest_version(name) is None:
+            log.warning("model %s: no servable version under %s yet; waiting", name, model_server.base_path(name))
+    grpc_options = [
+        ("grpc.max_receive_message_length", options.max_message_bytes),
+        ("grpc.max_send_message_length", options.max_message_bytes),
     ]
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=options)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=options.grpc_max_threads), options=grpc_options)
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(_PredictionService(model_server), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(_ModelService(model_server), server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    address = f"{options.host}:{options.port}"
+    bound = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     if bound == 0:
-        raise OSError(f"cannot bind {host}:{port} (in use, or not an address of this machine)")
+        raise OSError(f"cannot bind {address} (in use, or not an address of this machine)")
     server.start()
     rest = None
-    if rest_api_port is not None:
+    if options.rest_api_port is not None:
         from serving.rest import RestServer
 
-        rest = RestServer(model_server, host, rest_api_port)
-    return RunningServer(server, model_server, bound, poll_seconds, rest)
+        rest = RestServer(model_server, options.host, options.rest_api_port, options.max_message_bytes)
+    return RunningServer(server, model_server, bound, options, rest)

@@ -36,3 +36,8 @@ def png_header_only(width: int, height: int, color_type: int = 2) -> bytes:
     ihdr = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
     idat = zlib.compress(b"\x00" * 64)
     return PNG_SIGNATURE + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
+
+
+# Intact start and end markers (so the in-graph envelope check passes it) around bytes the decoder refuses: one
+# such image fails its request in the decoder, as it would on TF Serving.
+DAMAGED_JPEG = b"\xff\xd8\xff" + b"x" * 100 + b"\xff\xd9"

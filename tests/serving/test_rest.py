@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from serving.server import start_server
+from tests.image_factory import DAMAGED_JPEG
 
 
 def _jpeg(color) -> bytes:
@@ -77,7 +78,7 @@ def test_status_and_metadata(rest):
     [
         ("/v1/models/cats:predict", {"instances": [_b64(b"x")]}, 404, "Servable not found for request: Latest(cats)"),
         ("/v1/models/pets/versions/9:predict", {"instances": [_b64(b"x")]}, 404, "Specific(pets, 9)"),
-        ("/v1/models/pets:predict", {"instances": [_b64(b"not an image")]}, 400, "Unknown image file format"),
+        ("/v1/models/pets:predict", {"instances": [_b64(DAMAGED_JPEG)]}, 400, "Invalid JPEG data"),
         ("/v1/models/pets:predict", {"signature_name": "nope", "instances": [1]}, 400, 'key "nope" not found'),
         ("/v1/models/pets:predict", {"rows": []}, 400, 'exactly one of "instances" or "inputs"'),
         ("/v1/models/pets:predict", {"instances": [{"b64": "%%%"}]}, 400, "not valid base64"),

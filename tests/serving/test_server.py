@@ -20,6 +20,7 @@ from tensorflow_serving.apis import (
 
 from serving.client import parse_response, predict_images
 from serving.server import start_server
+from tests.image_factory import DAMAGED_JPEG
 
 
 def _jpeg(color) -> bytes:
@@ -69,6 +70,22 @@ def test_predict_answers_like_tf_serving(server, hierarchy):
         assert answer.top_k[0][0] == answer.breed
 
 
+def test_a_bad_image_is_a_per_item_error_not_a_failed_batch(server):
+    _, channel, _ = server
+    good = _jpeg((120, 30, 30))
+    batch = [good, good[: len(good) // 2], b"not an image at all", b"", good]
+    response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(_request(batch), timeout=30)
+    answers = parse_response(response)
+    assert [a.error.split(":")[0] for a in answers] == [
+        "",
+        "truncated image",
+        "not a JPEG, PNG, GIF or BMP image",
+        "empty, or too short to be an image",
+        "",
+    ]
+    assert answers[0].breed == answers[4].breed and answers[0].breed_prob == pytest.approx(answers[4].breed_prob)
+
+
 def test_output_filter_returns_only_the_named_outputs(server):
     _, channel, _ = server
     request = _request([_jpeg((1, 2, 3))])
@@ -86,8 +103,8 @@ def test_errors_use_tf_serving_status_codes(server):
     assert code == grpc.StatusCode.NOT_FOUND and "Specific(pets, 99)" in details
     code, details = _code(lambda: stub.Predict(_request([_jpeg(0)], signature="nope"), timeout=10))
     assert code == grpc.StatusCode.FAILED_PRECONDITION and 'Serving signature key "nope" not found.' in details
-    code, details = _code(lambda: stub.Predict(_request([b"not an image"]), timeout=10))
-    assert code == grpc.StatusCode.INVALID_ARGUMENT and "Unknown image file format" in details
+    code, details = _code(lambda: stub.Predict(_request([DAMAGED_JPEG]), timeout=10))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "Invalid JPEG data" in details
 
     wrong_key = predict_pb2.PredictRequest()
     wrong_key.model_spec.name = "pets"
@@ -133,7 +150,7 @@ def test_status_and_new_versions_are_picked_up(server, exported_model):
     shutil.copytree(exported_model[2], os.path.join(base, "_staging-x"))  # ignored: not an integer name
     os.rename(os.path.join(base, "_staging-x"), os.path.join(base, "2"))
     deadline = time.monotonic() + 30
-    while running.model_server.current_version != 2 and time.monotonic() < deadline:
+    while running.model_server.latest_version("pets") != 2 and time.monotonic() < deadline:
         time.sleep(0.1)
     answers = predict_images(f"127.0.0.1:{running.port}", [_jpeg((9, 9, 9))])
     assert answers[0].version == 2
@@ -149,7 +166,7 @@ def test_status_and_new_versions_are_picked_up(server, exported_model):
 
 def test_broken_version_is_reported_and_the_old_one_keeps_serving(server):
     running, channel, base = server
-    before = running.model_server.current_version
+    before = running.model_server.latest_version("pets")
     broken = os.path.join(base, "50")
     os.makedirs(broken)
     with open(os.path.join(broken, "saved_model.pb"), "wb") as f:
@@ -163,8 +180,8 @@ def test_broken_version_is_reported_and_the_old_one_keeps_serving(server):
         if 50 in statuses and statuses[50].status.error_message:
             break
         time.sleep(0.1)
-    assert "Failed to load servable version 50" in statuses[50].status.error_message
-    assert running.model_server.current_version == before
+    assert "Loading servable: {name: pets version: 50} failed" in statuses[50].status.error_message
+    assert running.model_server.latest_version("pets") == before
     assert predict_images(f"127.0.0.1:{running.port}", [_jpeg((1, 1, 1))])[0].version == before
     shutil.rmtree(broken)
 
@@ -173,7 +190,7 @@ def test_warmup_requests_are_replayed_before_serving(small_model, hierarchy, tmp
     import logging
 
     from components.export import export_model
-    from serving.server import load_version, warm_up
+    from serving.core import load_version, warm_up
 
     _, path = export_model(small_model, hierarchy, str(tmp_path / "pets"), 32, warmup_images=[_jpeg((1, 2, 3))] * 2)
     with caplog.at_level(logging.INFO, logger="petpipe.serve"):
