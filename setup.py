@@ -29,6 +29,8 @@ setup(
         "grpcio>=1.60",
         "protobuf>=5.28,<7",
     ],
-    extras_require={"dev": ["pytest>=8", "ruff>=0.6"]},
+    # pyyaml and cryptography (both already brought by apache-beam) read the deploy files and make TLS test
+    # certificates in the tests.
+    extras_require={"dev": ["pytest>=8", "ruff>=0.6", "pyyaml", "cryptography"]},
     entry_points={"console_scripts": ["petpipe=pipeline.cli:main"]},
 )

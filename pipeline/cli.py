@@ -46,6 +46,13 @@ def _serve_flag(parser, *names, **kwargs) -> None:
     parser.add_argument(*dict.fromkeys(spellings), **kwargs)
 
 
+def _true_or_false(text: str) -> bool:
+    """TF Serving's boolean flags are written --flag=true / --flag=false."""
+    if text.lower() not in ("true", "false", "1", "0"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return text.lower() in ("true", "1")
+
+
 class _QuietBeam(logging.Filter):
     """Drops Beam's import-time warnings (e.g. about missing GCP clients) that are logged on the root logger."""
 
@@ -244,7 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     _serve_flag(serve, "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, local only)")
     _serve_flag(serve, "--port", type=int, default=8500, help="gRPC port (default 8500, as TF Serving; 0 = any)")
     _serve_flag(serve, "--rest-api-port", type=int, default=0, help="REST port (TF Serving uses 8501); 0 = no REST")
-    _serve_flag(serve, "--enable-batching", action="store_true", help="server-side dynamic batching (default off)")
+    _serve_flag(serve, "--enable-batching", nargs="?", const=True, default=False, type=_true_or_false,
+                metavar="true|false", help="server-side dynamic batching (default off)")  # fmt: skip
     _serve_flag(serve, "--batching-parameters-file", help="TF Serving BatchingParameters text proto")
     _serve_flag(serve, "--ssl-config-file", help="TF Serving SSLConfig text proto: TLS, mutual TLS with "
                 "client_verify")  # fmt: skip

@@ -17,6 +17,12 @@ def encode(image: Image.Image, fmt: str, **options) -> bytes:
     return buffer.getvalue()
 
 
+def jpeg_bytes(seed: int, size: int = 48) -> bytes:
+    """A small noisy RGB JPEG; different seeds give different pictures."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    return encode(Image.fromarray(pixels), "JPEG")
+
+
 def quadrants(width: int = 80, height: int = 40) -> Image.Image:
     """Red top-left, green top-right, blue bottom-left, white bottom-right: any rotation or flip shows."""
     pixels = np.zeros((height, width, 3), np.uint8)

@@ -1,0 +1,407 @@
+"""`petpipe serve` as a subprocess, through the official tensorflow_serving.apis stubs and plain HTTP only:
+several models from a --model_config_file, version policies and labels, Classify / Regress / MultiInference,
+HandleReloadConfigRequest, batching, request limits, TLS and mutual TLS, and a SIGTERM that drains."""
+
+from __future__ import annotations
+
+import datetime
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    inference_pb2,
+    model_management_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+    regression_pb2,
+)
+from tensorflow_serving.config import model_server_config_pb2
+
+from tests.image_factory import jpeg_bytes
+from tests.serving.server_process import serving_process
+from tests.serving.toy_model import example, export_toy_model
+
+CLASSIFY = "tensorflow/serving/classify"
+REGRESS = "tensorflow/serving/regress"
+AVAILABLE, END = get_model_status_pb2.ModelVersionStatus.AVAILABLE, get_model_status_pb2.ModelVersionStatus.END
+
+
+def _code(call):
+    with pytest.raises(grpc.RpcError) as error:
+        call()
+    return error.value.code(), error.value.details()
+
+
+def _http(server, method: str, path: str, body=None):
+    connection = http.client.HTTPConnection("127.0.0.1", server.rest_port, timeout=30)
+    connection.request(method, path, body=json.dumps(body) if body is not None else None)
+    response = connection.getresponse()
+    payload = json.loads(response.read())
+    connection.close()
+    return response.status, payload
+
+
+def _models_config(root, pets_base, toy_base, toy_policy="all {}", labels=None) -> str:
+    labels = labels if labels is not None else {"stable": 1, "canary": 2}
+    label_text = " ".join(f'version_labels {{ key: "{k}" value: {v} }}' for k, v in labels.items())
+    text = f"""model_config_list {{
+      config {{ name: "pets" base_path: "{pets_base}" model_platform: "tensorflow" }}
+      config {{ name: "toy" base_path: "{toy_base}" model_platform: "tensorflow"
+               model_version_policy {{ {toy_policy} }} {label_text} }}
+    }}"""
+    path = os.path.join(root, "models.config")
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def served(exported_model, tmp_path_factory):
+    """pets (latest 1) and toy (all versions: 1 with scale 0.5, 2 with scale 1.0; labels stable→1, canary→2),
+    batching on, a request limit of 64 rows."""
+    root = tmp_path_factory.mktemp("models")
+    pets_base, toy_base = str(root / "pets"), str(root / "toy")
+    shutil.copytree(exported_model[2], os.path.join(pets_base, "1"))
+    export_toy_model(toy_base, 1, scale=0.5)
+    export_toy_model(toy_base, 2, scale=1.0)
+    config = _models_config(str(root), pets_base, toy_base)
+    batching = root / "batching.txt"
+    batching.write_text("max_batch_size { value: 8 }\nbatch_timeout_micros { value: 2000 }\n")
+    args = ["--model_config_file", config, "--enable_batching", "--batching_parameters_file", str(batching)]
+    args += ["--max_request_batch", "64", "--file_system_poll_wait_seconds", "0.2"]
+    with serving_process(args, str(root)) as server:
+        server.wait_available("toy", 2)
+        server.wait_available("toy", 1)
+        channel = server.channel()
+        yield server, channel, root
+        channel.close()
+
+
+def _regress(channel, xs, version=None, label=None, signature="regress_x", name="toy"):
+    request = regression_pb2.RegressionRequest()
+    request.model_spec.name = name
+    request.model_spec.signature_name = signature
+    if version is not None:
+        request.model_spec.version.value = version
+    if label:
+        request.model_spec.version_label = label
+    request.input.example_list.examples.extend(example(x) for x in xs)
+    return prediction_service_pb2_grpc.PredictionServiceStub(channel).Regress(request, timeout=30)
+
+
+def test_classify_regress_and_multi_inference(served):
+    _, channel, _ = served
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    request = classification_pb2.ClassificationRequest()
+    request.model_spec.name = "toy"
+    request.model_spec.signature_name = "classify_x"
+    request.input.example_list.examples.extend([example(2.0), example(-1.0)])
+    response = stub.Classify(request, timeout=30)
+    assert response.model_spec.version.value == 2 and response.model_spec.signature_name == "classify_x"
+    first, second = response.result.classifications
+    assert [c.label for c in first.classes] == ["negative", "positive"]
+    np.testing.assert_allclose([c.score for c in first.classes], tf.nn.softmax([-2.0, 2.0]).numpy(), rtol=1e-5)
+    assert second.classes[0].score > second.classes[1].score
+
+    regression = _regress(channel, [1.0, 3.0])  # latest = version 2, scale 1.0: x + 2
+    assert [r.value for r in regression.result.regressions] == [3.0, 5.0]
+
+    with_context = regression_pb2.RegressionRequest()
+    with_context.model_spec.name = "toy"
+    with_context.model_spec.signature_name = "regress_x"
+    with_context.input.example_list_with_context.context.CopyFrom(example(0.0, offset=10.0))
+    with_context.input.example_list_with_context.examples.extend([example(1.0), example(1.0, offset=-1.0)])
+    values = [r.value for r in stub.Regress(with_context, timeout=30).result.regressions]
+    assert values == [13.0, 2.0]  # the context's offset applies unless the example has its own
+
+    multi = inference_pb2.MultiInferenceRequest()
+    multi.tasks.add(model_spec={"name": "toy", "signature_name": "classify_x"}, method_name=CLASSIFY)
+    multi.tasks.add(model_spec={"name": "toy", "signature_name": "regress_x2"}, method_name=REGRESS)
+    multi.input.example_list.examples.extend([example(3.0)])
+    results = stub.MultiInference(multi, timeout=30).results
+    assert [r.model_spec.signature_name for r in results] == ["classify_x", "regress_x2"]
+    assert results[0].classification_result.classifications[0].classes[1].label == "positive"
+    assert results[1].regression_result.regressions[0].value == 9.0
+
+
+def test_classify_and_regress_errors_as_tf_serving(served):
+    _, channel, _ = served
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    wrong_method = classification_pb2.ClassificationRequest()
+    wrong_method.model_spec.name = "toy"
+    wrong_method.model_spec.signature_name = "regress_x"
+    wrong_method.input.example_list.examples.append(example(1.0))
+    code, details = _code(lambda: stub.Classify(wrong_method, timeout=10))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details == f"Expected classification signature method_name to be {CLASSIFY}. Was: {REGRESS}"
+
+    empty = regression_pb2.RegressionRequest()
+    empty.model_spec.name = "toy"
+    empty.model_spec.signature_name = "regress_x"
+    assert _code(lambda: stub.Regress(empty, timeout=10)) == (grpc.StatusCode.INVALID_ARGUMENT, "Input is empty.")
+
+    duplicate = inference_pb2.MultiInferenceRequest()
+    for _ in range(2):
+        duplicate.tasks.add(model_spec={"name": "toy", "signature_name": "regress_x"}, method_name=REGRESS)
+    duplicate.input.example_list.examples.append(example(1.0))
+    code, details = _code(lambda: stub.MultiInference(duplicate, timeout=10))
+    assert (code, details) == (grpc.StatusCode.INVALID_ARGUMENT, "Duplicate evaluation of signature: regress_x")
+    predict_task = inference_pb2.MultiInferenceRequest()
+    predict_task.tasks.add(model_spec={"name": "toy"}, method_name="tensorflow/serving/predict")
+    predict_task.input.example_list.examples.append(example(1.0))
+    code, details = _code(lambda: stub.MultiInference(predict_task, timeout=10))
+    assert code == grpc.StatusCode.UNIMPLEMENTED and "Unsupported signature method_name" in details
+
+
+def test_versions_and_labels_select_what_answers(served):
+    server, channel, _ = served
+    assert _regress(channel, [2.0], version=1).result.regressions[0].value == 3.0  # 0.5·2 + 2
+    assert _regress(channel, [2.0], label="stable").result.regressions[0].value == 3.0
+    assert _regress(channel, [2.0], label="canary").result.regressions[0].value == 4.0
+    code, details = _code(lambda: _regress(channel, [2.0], label="beta"))
+    assert (code, details) == (grpc.StatusCode.INVALID_ARGUMENT, "Unrecognized servable version label: beta")
+    code, details = _code(lambda: _regress(channel, [2.0], version=3))
+    assert (code, details) == (grpc.StatusCode.NOT_FOUND, "Servable not found for request: Specific(toy, 3)")
+
+    body = {"signature_name": "regress_x", "examples": [{"x": 2.0}, {"x": 4.5}]}
+    assert _http(server, "POST", "/v1/models/toy/labels/stable:regress", body) == (200, {"result": [3.0, 4.25]})
+    body["examples"] = [{"x": 4}]  # a JSON integer is an int64 feature, as in TF Serving; "x" is a float feature
+    status, answer = _http(server, "POST", "/v1/models/toy/labels/stable:regress", body)
+    assert status == 400 and "x" in answer["error"]
+    status, body = _http(server, "POST", "/v1/models/toy/versions/2:classify", {
+        "signature_name": "classify_x", "examples": [{"x": 0.0}]
+    })  # fmt: skip
+    assert status == 200 and body["result"][0] == [["negative", 0.5], ["positive", 0.5]]
+    status, body = _http(server, "GET", "/v1/models/toy/labels/canary")
+    assert status == 200 and body["model_version_status"][0]["version"] == "2"
+    assert body["model_version_status"][0]["state"] == "AVAILABLE"
+
+
+def test_predict_and_metadata_of_the_pets_model(served):
+    server, channel, _ = served
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "pets"
+    request.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto([jpeg_bytes(1), jpeg_bytes(2)], dtype=tf.string))
+    response = stub.Predict(request, timeout=30)
+    np.testing.assert_allclose(tf.make_ndarray(response.outputs["breed_probs"]).sum(axis=1), 1.0, rtol=1e-5)
+    metadata_request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+    metadata_request.model_spec.name = "toy"
+    metadata = stub.GetModelMetadata(metadata_request, timeout=10)
+    signatures = get_model_metadata_pb2.SignatureDefMap()
+    metadata.metadata["signature_def"].Unpack(signatures)
+    assert signatures.signature_def["classify_x"].method_name == CLASSIFY
+    status, body = _http(server, "GET", "/v1/models/pets/metadata")
+    assert status == 200 and "serving_default" in body["metadata"]["signature_def"]["signature_def"]
+
+
+def test_batching_merges_concurrent_requests_without_mixing_answers(served):
+    _, channel, _ = served
+    results = {}
+
+    def ask(i):
+        xs = [float(i), float(i) + 0.5][: 1 + i % 2]
+        results[i] = (xs, [r.value for r in _regress(channel, xs, version=1).result.regressions])
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(results) == 12
+    for xs, values in results.values():
+        assert values == [0.5 * x + 2 for x in xs]
+    nine = [float(i) for i in range(9)]  # max_batch_size is 8
+    code, details = _code(lambda: _regress(channel, nine))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details == "Task size 9 is larger than maximum input batch size 8"
+
+
+def test_request_limits(served):
+    _, channel, _ = served
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "toy"
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.zeros(65, np.float32)))
+    code, details = _code(lambda: prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "batch of 65 exceeds this server's limit of 64" in details
+
+
+def _reload(channel, config_text: str):
+    config = model_server_config_pb2.ModelServerConfig()
+    from google.protobuf import text_format
+
+    text_format.Parse(config_text, config)
+    request = model_management_pb2.ReloadConfigRequest(config=config)
+    return model_service_pb2_grpc.ModelServiceStub(channel).HandleReloadConfigRequest(request, timeout=60)
+
+
+def _states(channel, name):
+    request = get_model_status_pb2.GetModelStatusRequest()
+    request.model_spec.name = name
+    response = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request, timeout=10)
+    return {s.version: s.state for s in response.model_version_status}
+
+
+def test_reload_config_changes_policies_labels_and_models(served, tmp_path):
+    server, channel, root = served
+    pets_base, toy_base = str(root / "pets"), str(root / "toy")
+    with open(_models_config(str(tmp_path), pets_base, toy_base, "specific { versions: 1 }", {"stable": 1})) as f:
+        only_v1 = f.read()
+    assert _reload(channel, only_v1).status.error_code == 0
+    assert _states(channel, "toy") == {1: AVAILABLE, 2: END}
+    assert _regress(channel, [2.0]).result.regressions[0].value == 3.0  # latest loaded is now version 1
+    code, details = _code(lambda: _regress(channel, [2.0], label="canary"))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+
+    outside = only_v1.replace(toy_base, "/etc")
+    code, details = _code(lambda: _reload(channel, outside))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "outside the allowed roots" in details
+    unavailable_label = only_v1.replace("value: 1 }", "value: 2 }")
+    code, details = _code(lambda: _reload(channel, unavailable_label))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "not currently available" in details
+
+    without_toy = f'model_config_list {{ config {{ name: "pets" base_path: "{pets_base}" }} }}'
+    _reload(channel, without_toy)
+    code, _ = _code(lambda: _regress(channel, [1.0]))
+    assert code == grpc.StatusCode.NOT_FOUND
+    with open(_models_config(str(tmp_path), pets_base, toy_base)) as f:
+        _reload(channel, f.read())  # back to the module's config
+    assert _regress(channel, [2.0], label="canary").result.regressions[0].value == 4.0
+
+
+def test_bad_config_file_exits_2_naming_file_and_line(tmp_path):
+    config = tmp_path / "models.config"
+    config.write_text('model_config_list {\n  config { name: "pets" base_pth: "/x" }\n}\n')
+    with serving_process(["--model_config_file", str(config)], str(tmp_path), wait_for=None, rest=False) as server:
+        assert server.process.wait(60) == 2
+        assert f"{config}:2:" in server.log() and 'no field named "base_pth"' in server.log()
+
+
+# --- TLS ----------------------------------------------------------------------------------------------------
+def _certificates():
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM bytes (made with `cryptography`,
+    which apache-beam already brings)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def make(name, issuer_name=None, issuer_key=None, ca=False, san=None):
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(issuer_name or subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if san:
+            builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        cert = builder.sign(issuer_key or key, hashes.SHA256())
+        key_pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        return cert, key, cert.public_bytes(serialization.Encoding.PEM), key_pem
+
+    import ipaddress
+
+    ca_cert, ca_key, ca_pem, _ = make("petpipe test CA", ca=True)
+    san = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    _, _, server_pem, server_key = make("127.0.0.1", ca_cert.subject, ca_key, san=san)
+    _, _, client_pem, client_key = make("client", ca_cert.subject, ca_key)
+    return ca_pem, server_pem, server_key, client_pem, client_key
+
+
+def test_mutual_tls(exported_model, tmp_path):
+    ca, server_cert, server_key, client_cert, client_key = _certificates()
+    ssl_config = tmp_path / "ssl.config"
+    ssl_config.write_text(
+        f"server_key: {json.dumps(server_key.decode())}\nserver_cert: {json.dumps(server_cert.decode())}\n"
+        f"custom_ca: {json.dumps(ca.decode())}\nclient_verify: true\n"
+    )
+    base = tmp_path / "pets"
+    shutil.copytree(exported_model[2], base / "1")
+    args = ["--model_base_path", str(base), "--ssl_config_file", str(ssl_config)]
+    with serving_process(args, str(tmp_path), wait_for=None, rest=False) as server:
+        request = get_model_status_pb2.GetModelStatusRequest()
+        request.model_spec.name = "pets"
+        trusted = grpc.ssl_channel_credentials(ca, client_key, client_cert)
+        deadline = time.monotonic() + 60
+        while True:  # the process needs a few seconds to start
+            with grpc.secure_channel(server.target, trusted) as channel:
+                try:
+                    states = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request, timeout=5)
+                    break
+                except grpc.RpcError:
+                    if time.monotonic() > deadline or server.process.poll() is not None:
+                        raise
+                    time.sleep(0.3)
+        assert states.model_version_status[0].state == AVAILABLE
+
+        with socket.create_connection(("127.0.0.1", server.port)) as raw:  # a broken handshake
+            raw.sendall(b"\x16\x03\x01\x02\x00garbage that is not a ClientHello" * 10)
+        for credentials in (grpc.ssl_channel_credentials(ca), None):  # no client certificate; no TLS at all
+            channel = grpc.secure_channel(server.target, credentials) if credentials else server.channel()
+            with channel:
+                stub = model_service_pb2_grpc.ModelServiceStub(channel)
+                code, _ = _code(lambda stub=stub: stub.GetModelStatus(request, timeout=5))
+                assert code == grpc.StatusCode.UNAVAILABLE
+        with grpc.secure_channel(server.target, trusted) as channel:  # still serving
+            assert model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request, timeout=10)
+
+
+# --- graceful shutdown --------------------------------------------------------------------------------------
+def test_sigterm_drains_in_flight_requests_then_exits_0(tmp_path):
+    base = tmp_path / "toy"
+    export_toy_model(str(base), 1)
+    batching = tmp_path / "batching.txt"
+    # A 3 s batch timeout keeps a request in flight long enough to send SIGTERM while it waits.
+    batching.write_text("max_batch_size { value: 64 }\nbatch_timeout_micros { value: 3000000 }\n")
+    args = ["--model_base_path", str(base), "--model_name", "toy", "--enable_batching"]
+    args += ["--batching_parameters_file", str(batching)]
+    with serving_process(args, str(tmp_path), wait_for="toy", rest=False) as server:
+        channel = server.channel()
+        outcome = {}
+
+        def slow_request():
+            outcome["value"] = _regress(channel, [4.0]).result.regressions[0].value
+
+        thread = threading.Thread(target=slow_request)
+        started = time.monotonic()
+        thread.start()
+        time.sleep(1.0)
+        server.process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        late = prediction_service_pb2_grpc.PredictionServiceStub(server.channel())
+        refused = regression_pb2.RegressionRequest()
+        refused.model_spec.name = "toy"
+        refused.model_spec.signature_name = "regress_x"
+        refused.input.example_list.examples.append(example(1.0))
+        code, _ = _code(lambda: late.Regress(refused, timeout=5))
+        thread.join(30)
+        assert outcome == {"value": 4.0}  # 0.5·4 + 2, answered after the signal
+        assert time.monotonic() - started >= 3.0
+        assert code == grpc.StatusCode.UNAVAILABLE  # new requests are refused while draining
+        assert server.process.wait(30) == 0
+        assert "draining in-flight requests" in server.log()
+        channel.close()
