@@ -173,16 +173,34 @@ def _predict(args) -> int:
     answers = []
     for start in range(0, len(images), args.batch_size):  # bounded requests, whatever the number of files
         batch = images[start : start + args.batch_size]
-        answers += predict_images(args.server, batch, args.model_name, args.signature, args.timeout)
+        answers += predict_images(args.server, batch, args.model_name, args.signature, args.timeout, tls=_tls(args))
     for path, answer in zip(paths, answers, strict=True):
         print(json.dumps(answer_dict(path, answer)) if args.json else format_answer(path, answer))
     return 0
 
 
+def _tls(args):
+    from serving.client import TlsFiles
+
+    files = (args.ca_cert, args.client_cert, args.client_key)
+    return TlsFiles(*files) if any(files) else None
+
+
+def _client_flags(parser, timeout: float) -> None:
+    parser.add_argument(
+        "--server", default="127.0.0.1:8500", help="HOST:PORT for gRPC (default), or http://HOST:PORT for REST"
+    )
+    parser.add_argument("--model-name", default="pets")
+    parser.add_argument("--timeout", type=float, default=timeout, help=f"deadline in seconds (default {timeout:g})")
+    parser.add_argument("--ca-cert", help="gRPC over TLS: PEM of the CA that signed the server's certificate")
+    parser.add_argument("--client-cert", help="mutual TLS: this client's certificate (PEM)")
+    parser.add_argument("--client-key", help="mutual TLS: this client's private key (PEM)")
+
+
 def _status(args) -> int:
     from serving.client import model_status
 
-    for entry in model_status(args.server, args.model_name, args.timeout):
+    for entry in model_status(args.server, args.model_name, args.timeout, tls=_tls(args)):
         error = f"  {entry['error']}" if entry["error"] else ""
         print(f"{args.model_name} version {entry['version']}: {entry['state']}{error}")
     return 0
@@ -271,15 +289,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files, directories or globs")
     predict.add_argument("--json", action="store_true", help="one JSON object per image instead of text")
     predict.add_argument("--batch-size", type=int, default=32, help="images per Predict request (default 32)")
-    predict.add_argument("--server", default="127.0.0.1:8500", help="HOST:PORT of the gRPC server")
-    predict.add_argument("--model-name", default="pets")
     predict.add_argument("--signature", default="serving_default")
-    predict.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds")
+    _client_flags(predict, timeout=30.0)
 
     status = commands.add_parser("status", help="versions and states of a model on a running server")
-    status.add_argument("--server", default="127.0.0.1:8500", help="HOST:PORT of the gRPC server")
-    status.add_argument("--model-name", default="pets")
-    status.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
+    _client_flags(status, timeout=10.0)
     return parser
 
 

@@ -1,17 +1,24 @@
-"""A TF Serving gRPC client for the pets model, built on the official tensorflow-serving-api stubs.
+"""A TF Serving client for the pets model: gRPC through the official tensorflow-serving-api stubs, or REST.
 
-Works against `petpipe serve` and the real `tensorflow_model_server` alike: open a channel, build a
-PredictRequest, tf.make_tensor_proto, call with a deadline, read the named outputs.
+Works against `petpipe serve` and the real `tensorflow_model_server` alike. A target is HOST:PORT for gRPC
+(optionally TLS / mutual TLS with TlsFiles) or http(s)://HOST:PORT for the REST API. Every call has a deadline and
+is retried with backoff while the server is UNAVAILABLE (starting, restarting, draining) — never on other errors,
+which are answers.
 """
 
 from __future__ import annotations
 
+import base64
 import glob
+import json
 import os
 import time
+import urllib.error
+import urllib.request
 from dataclasses import asdict, dataclass
 
 import grpc
+import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import (
     get_model_status_pb2,
@@ -35,8 +42,46 @@ class PetAnswer:
     breed: str
     breed_prob: float
     top_k: list[tuple[str, float]]
-    version: int
+    version: int | None  # None over REST: TF Serving's REST predict answer does not say which version answered
     error: str = ""  # why the server could not read this image ("" when it could); then the rest is meaningless
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files for a TLS channel: the CA that signed the server's certificate and, for mutual TLS, this
+    client's certificate and key."""
+
+    ca_cert: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        def read(path):
+            if path is None:
+                return None
+            try:
+                with open(path, "rb") as f:
+                    return f.read()
+            except OSError as exc:
+                raise PetpipeError(f"{path}: cannot read: {exc.strerror}") from None
+
+        if bool(self.client_cert) != bool(self.client_key):
+            raise PetpipeError("mutual TLS needs both --client-cert and --client-key")
+        return grpc.ssl_channel_credentials(read(self.ca_cert), read(self.client_key), read(self.client_cert))
+
+
+def is_rest(target: str) -> bool:
+    return target.startswith(("http://", "https://"))
+
+
+def open_channel(target: str, tls: TlsFiles | None = None) -> grpc.Channel:
+    options = [
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ]
+    if tls is not None:
+        return grpc.secure_channel(target, tls.credentials(), options=options)
+    return grpc.insecure_channel(target, options=options)
 
 
 def predict_images(
@@ -46,42 +91,98 @@ def predict_images(
     signature_name: str = "serving_default",
     timeout: float = 30.0,
     species_names: list[str] | None = None,
+    tls: TlsFiles | None = None,
 ) -> list[PetAnswer]:
     """One Predict call for a batch of encoded images → one PetAnswer per image, in order."""
+    if is_rest(target):
+        body = {"signature_name": signature_name, "inputs": {"image_bytes": [_b64(image) for image in images]}}
+        url = f"{target.rstrip('/')}/v1/models/{model_name}:predict"
+        outputs = rest_call(url, body, timeout, f"{url}")["outputs"]
+        return answers_from_outputs({name: np.asarray(value) for name, value in outputs.items()}, None, species_names)
     request = predict_pb2.PredictRequest()
     request.model_spec.name = model_name
     request.model_spec.signature_name = signature_name
     request.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto(images, dtype=tf.string, shape=[len(images)]))
-    options = [
-        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ]
-    with grpc.insecure_channel(target, options=options) as channel:
+    with open_channel(target, tls) as channel:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         response = call_with_retries(stub.Predict, request, timeout, f"{target}: Predict")
     return parse_response(response, species_names)
 
 
-def call_with_retries(method, request, timeout: float, what: str, delays=RETRY_DELAYS):
-    """Call a unary gRPC method with a deadline; retry with backoff while the server is UNAVAILABLE (starting,
-    restarting), never on other errors — those are answers. PetpipeError with the status otherwise."""
+def _b64(data: bytes) -> dict:
+    return {"b64": base64.b64encode(data).decode("ascii")}
+
+
+def _retrying(call, timeout: float, what: str, unavailable, describe, delays=RETRY_DELAYS):
+    """Run call(remaining_seconds); retry with backoff while unavailable(exc); PetpipeError naming `what` and
+    describe(exc) otherwise."""
     deadline = time.monotonic() + timeout
     for attempt in range(len(delays) + 1):
         try:
-            return method(request, timeout=max(0.1, deadline - time.monotonic()))
-        except grpc.RpcError as exc:
-            retry = exc.code() == grpc.StatusCode.UNAVAILABLE and attempt < len(delays)
+            return call(max(0.1, deadline - time.monotonic()))
+        except Exception as exc:
+            description = describe(exc)  # once: an HTTP error's body can be read only once
+            if description is None:
+                raise
+            retry = unavailable(exc) and attempt < len(delays)
             if not retry or time.monotonic() + delays[attempt] >= deadline:
-                raise PetpipeError(f"{what} failed: {exc.code().name}: {exc.details()}") from None
+                raise PetpipeError(f"{what} failed: {description}") from None
             time.sleep(delays[attempt])
     raise AssertionError("unreachable")
 
 
-def model_status(target: str, model_name: str = "pets", timeout: float = 10.0) -> list[dict]:
-    """GetModelStatus → [{"version", "state", "error"}], newest first."""
+def call_with_retries(method, request, timeout: float, what: str, delays=RETRY_DELAYS):
+    """A unary gRPC call with a deadline, retried while the server is UNAVAILABLE."""
+    return _retrying(
+        lambda remaining: method(request, timeout=remaining),
+        timeout,
+        what,
+        unavailable=lambda exc: exc.code() == grpc.StatusCode.UNAVAILABLE,
+        describe=lambda exc: f"{exc.code().name}: {exc.details()}" if isinstance(exc, grpc.RpcError) else None,
+        delays=delays,
+    )
+
+
+def rest_call(url: str, body: dict | None, timeout: float, what: str, delays=RETRY_DELAYS) -> dict:
+    """GET (body None) or POST JSON to TF Serving's REST API, retried on 503 and refused connections."""
+
+    def call(remaining):
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=remaining) as response:
+            return json.loads(response.read())
+
+    def describe(exc):
+        if isinstance(exc, urllib.error.HTTPError):
+            try:
+                message = json.loads(exc.read()).get("error", "")
+            except (ValueError, AttributeError):
+                message = exc.reason
+            return f"HTTP {exc.code}: {message}"
+        if isinstance(exc, (urllib.error.URLError, OSError)):
+            return f"UNAVAILABLE: {getattr(exc, 'reason', exc)}"
+        return None
+
+    def unavailable(exc):
+        return getattr(exc, "code", None) == 503 or not isinstance(exc, urllib.error.HTTPError)
+
+    return _retrying(call, timeout, what, unavailable, describe, delays)
+
+
+def model_status(
+    target: str, model_name: str = "pets", timeout: float = 10.0, tls: TlsFiles | None = None
+) -> list[dict]:
+    """GetModelStatus (or REST GET /v1/models/NAME) → [{"version", "state", "error"}], newest first."""
+    if is_rest(target):
+        url = f"{target.rstrip('/')}/v1/models/{model_name}"
+        statuses = rest_call(url, None, timeout, url)["model_version_status"]
+        return [
+            {"version": int(s["version"]), "state": s["state"], "error": s.get("status", {}).get("error_message", "")}
+            for s in statuses
+        ]
     request = get_model_status_pb2.GetModelStatusRequest()
     request.model_spec.name = model_name
-    with grpc.insecure_channel(target) as channel:
+    with open_channel(target, tls) as channel:
         stub = model_service_pb2_grpc.ModelServiceStub(channel)
         response = call_with_retries(stub.GetModelStatus, request, timeout, f"{target}: GetModelStatus")
     state_name = get_model_status_pb2.ModelVersionStatus.State.Name
@@ -116,6 +217,15 @@ def answer_dict(path: str, answer: PetAnswer) -> dict:
 
 def parse_response(response: predict_pb2.PredictResponse, species_names: list[str] | None = None) -> list[PetAnswer]:
     outputs = {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()}
+    return answers_from_outputs(outputs, response.model_spec.version.value, species_names)
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def answers_from_outputs(outputs: dict, version: int | None, species_names: list[str] | None = None) -> list[PetAnswer]:
+    """The serving signature's outputs (numpy arrays; strings as bytes over gRPC, str over REST) → answers."""
     species_probs = outputs["species_probs"]
     if species_names is None:
         # species_probs columns follow the hierarchy the model was trained with (shipped in schemas/).
@@ -123,17 +233,17 @@ def parse_response(response: predict_pb2.PredictResponse, species_names: list[st
     answers = []
     for i in range(len(species_probs)):
         top = [
-            (b.decode(), float(s)) for b, s in zip(outputs["top_k_breeds"][i], outputs["top_k_scores"][i], strict=True)
+            (_text(b), float(s)) for b, s in zip(outputs["top_k_breeds"][i], outputs["top_k_scores"][i], strict=True)
         ]
         answers.append(
             PetAnswer(
-                species=outputs["species"][i].decode(),
+                species=_text(outputs["species"][i]),
                 species_probs={name: float(p) for name, p in zip(species_names, species_probs[i], strict=True)},
-                breed=outputs["breed"][i].decode(),
+                breed=_text(outputs["breed"][i]),
                 breed_prob=top[0][1],  # joint probability of the answered breed
                 top_k=top,
-                version=response.model_spec.version.value,
-                error=outputs["image_error"][i].decode() if "image_error" in outputs else "",
+                version=version,
+                error=_text(outputs["image_error"][i]) if "image_error" in outputs else "",
             )
         )
     return answers

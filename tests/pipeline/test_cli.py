@@ -153,3 +153,42 @@ def test_client_retries_while_the_server_is_starting(exported_model):
         timer.join()
         started["server"].stop()
     assert len(answers) == 1 and answers[0].version == exported_model[1]
+
+
+def test_predict_and_status_over_rest_with_retries_while_starting(exported_model, tmp_path, capsys):
+    import json
+    import socket
+    import threading
+
+    from serving.server import start_server
+
+    Image.new("RGB", (30, 20), (10, 200, 30)).save(tmp_path / "pet.png")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        rest_port = probe.getsockname()[1]
+    started = {}
+
+    def start():
+        started["server"] = start_server(exported_model[0], "pets", port=0, rest_api_port=rest_port)
+
+    timer = threading.Timer(0.6, start)  # the first REST attempts meet a refused connection
+    timer.start()
+    target = f"http://127.0.0.1:{rest_port}"
+    try:
+        assert main(["predict", "--server", target, "--json", "--timeout", "20", str(tmp_path / "pet.png")]) == 0
+        over_rest = json.loads(capsys.readouterr().out)
+        timer.join()
+        grpc_target = f"127.0.0.1:{started['server'].port}"
+        assert main(["predict", "--server", grpc_target, "--json", str(tmp_path / "pet.png")]) == 0
+        over_grpc = json.loads(capsys.readouterr().out)
+        assert main(["status", "--server", target]) == 0
+        status = capsys.readouterr().out.strip()
+        assert main(["predict", "--server", target, "--model-name", "cats", str(tmp_path / "pet.png")]) == 2
+        error = capsys.readouterr().err
+    finally:
+        timer.join()
+        started["server"].stop()
+    assert over_rest["version"] is None and over_grpc["version"] == exported_model[1]
+    assert over_rest["breed"] == over_grpc["breed"] and over_rest["top_k"] == over_grpc["top_k"]
+    assert status == f"pets version {exported_model[1]}: AVAILABLE"
+    assert "HTTP 404: Servable not found for request: Latest(cats)" in error

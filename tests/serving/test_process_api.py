@@ -369,6 +369,16 @@ def test_mutual_tls(exported_model, tmp_path):
         with grpc.secure_channel(server.target, trusted) as channel:  # still serving
             assert model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request, timeout=10)
 
+        files = {"ca": ca, "cert": client_cert, "key": client_key}
+        for name, pem in files.items():
+            (tmp_path / f"{name}.pem").write_bytes(pem)
+        from pipeline.cli import main
+
+        tls = ["--ca-cert", str(tmp_path / "ca.pem"), "--client-cert", str(tmp_path / "cert.pem")]
+        tls += ["--client-key", str(tmp_path / "key.pem")]
+        assert main(["status", "--server", server.target, *tls]) == 0  # petpipe's own client over mutual TLS
+        assert main(["status", "--server", server.target, "--timeout", "2", *tls[:2]]) == 2  # no client cert
+
 
 # --- graceful shutdown --------------------------------------------------------------------------------------
 def test_sigterm_drains_in_flight_requests_then_exits_0(tmp_path):
