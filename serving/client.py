@@ -114,21 +114,22 @@ def _b64(data: bytes) -> dict:
 
 
 def _retrying(call, timeout: float, what: str, unavailable, describe, delays=RETRY_DELAYS):
-    """Run call(remaining_seconds); retry with backoff while unavailable(exc); PetpipeError naming `what` and
-    describe(exc) otherwise."""
+    """Run call(remaining_seconds); while unavailable(exc), retry with backoff (the last delay repeats) until the
+    deadline; PetpipeError naming `what` and describe(exc) otherwise."""
     deadline = time.monotonic() + timeout
-    for attempt in range(len(delays) + 1):
+    attempt = 0
+    while True:
         try:
             return call(max(0.1, deadline - time.monotonic()))
         except Exception as exc:
             description = describe(exc)  # once: an HTTP error's body can be read only once
             if description is None:
                 raise
-            retry = unavailable(exc) and attempt < len(delays)
-            if not retry or time.monotonic() + delays[attempt] >= deadline:
+            delay = delays[min(attempt, len(delays) - 1)]
+            if not unavailable(exc) or time.monotonic() + delay >= deadline:
                 raise PetpipeError(f"{what} failed: {description}") from None
-            time.sleep(delays[attempt])
-    raise AssertionError("unreachable")
+            time.sleep(delay)
+            attempt += 1
 
 
 def call_with_retries(method, request, timeout: float, what: str, delays=RETRY_DELAYS):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -69,10 +70,49 @@ class ServerProcess:
                 time.sleep(0.1)
         raise TimeoutError(f"{model} v{version} not AVAILABLE after {timeout} s:\n{self.log()}")
 
+    def version_states(self, model: str) -> dict[int, tuple[str, str]]:
+        """GetModelStatus of `model` → {version: (state name, error message)}."""
+        with self.channel() as channel:
+            request = get_model_status_pb2.GetModelStatusRequest()
+            request.model_spec.name = model
+            response = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request, timeout=10)
+        state_name = get_model_status_pb2.ModelVersionStatus.State.Name
+        return {s.version: (state_name(s.state), s.status.error_message) for s in response.model_version_status}
+
+    def wait_state(self, model: str, version: int, state: str, timeout: float = 60.0) -> str:
+        """Until GetModelStatus shows `version` of `model` in `state` (a name: "AVAILABLE", "END"); returns that
+        version's error message."""
+        deadline = time.monotonic() + timeout
+        states = {}
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
+            states = self.version_states(model)
+            if states.get(version, ("",))[0] == state:
+                return states[version][1]
+            time.sleep(0.1)
+        raise TimeoutError(f"{model} v{version} not {state} after {timeout} s (states: {states}):\n{self.log()}")
+
     def terminate(self, timeout: float = 60.0) -> int:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         return self.process.wait(timeout)
+
+
+def publish_version(base_path: str, version: int, source: str | None = None) -> str:
+    """Make `<base_path>/<version>` appear at once, as components/export.py does: build it under a staging name the
+    server ignores (not an integer), then rename it into place. `source`: a version directory to copy; None makes a
+    broken version (a saved_model.pb that is not one). Returns the version's path."""
+    staging = os.path.join(base_path, f"_staging-{version}")
+    if source is None:
+        os.makedirs(staging)
+        with open(os.path.join(staging, "saved_model.pb"), "wb") as f:
+            f.write(b"this is not a SavedModel")
+    else:
+        shutil.copytree(source, staging)
+    path = os.path.join(base_path, str(version))
+    os.rename(staging, path)
+    return path
 
 
 @contextlib.contextmanager
