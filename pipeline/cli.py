@@ -134,6 +134,8 @@ def _serve(args) -> int:
         max_string_bytes=args.max_string_bytes,
         allowed_base_path_roots=tuple(args.allowed_base_path_roots or ()),
         grpc_max_threads=args.grpc_max_threads,
+        max_num_load_retries=args.max_num_load_retries,
+        load_retry_interval_micros=args.load_retry_interval_micros,
         drain_seconds=args.drain_seconds,
     )
     try:
@@ -281,6 +283,10 @@ def build_parser() -> argparse.ArgumentParser:
                 "image (default 16 MiB)")  # fmt: skip
     _serve_flag(serve, "--allowed-base-path-roots", nargs="+", metavar="DIR", help="directories a config reload "
                 "may point models into (default: the parents of the starting base paths)")  # fmt: skip
+    _serve_flag(serve, "--max-num-load-retries", type=int, default=5, help="retries of a version that failed to "
+                "load, e.g. half-written (default 5)")  # fmt: skip
+    _serve_flag(serve, "--load-retry-interval-micros", type=int, default=60_000_000, help="between those retries "
+                "(default one minute)")  # fmt: skip
     _serve_flag(serve, "--grpc-max-threads", type=int, default=16, help="gRPC worker threads (default 16)")
     _serve_flag(serve, "--drain-seconds", type=float, default=30.0, help="on SIGTERM, how long in-flight requests "
                 "may take to finish (default 30)")  # fmt: skip

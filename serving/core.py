@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 
 import grpc
@@ -74,6 +75,14 @@ class ServingLimits:
 
     max_request_batch: int = 1024  # rows (dimension 0) of any input
     max_string_bytes: int = 16 * 1024 * 1024  # one tf.string element, e.g. one encoded image
+
+
+@dataclass(frozen=True)
+class LoadRetry:
+    """TF Serving's --max_num_load_retries and --load_retry_interval_micros (defaults 5 and one minute)."""
+
+    max_num_load_retries: int = 5
+    interval_seconds: float = 60.0
 
 
 # --- loading ------------------------------------------------------------------------------------------------
@@ -184,7 +193,7 @@ class _Model:
     entry: object  # model_server_config_pb2.ModelConfig
     loaded: dict[int, LoadedVersion] = field(default_factory=dict)
     states: dict[int, tuple[int, str]] = field(default_factory=dict)  # version → (state, error message)
-    failed: set[int] = field(default_factory=set)
+    failed: dict[int, tuple[int, float]] = field(default_factory=dict)  # version → (failed loads, when last)
 
 
 class ModelServer:
@@ -196,10 +205,12 @@ class ModelServer:
         batching: BatchingOptions | None = None,
         limits: ServingLimits = ServingLimits(),
         allowed_roots: tuple[str, ...] | None = None,
+        load_retry: LoadRetry = LoadRetry(),
     ):
         validate_model_server_config(config)
         self.batching = batching
         self.limits = limits
+        self.load_retry = load_retry
         # Where HandleReloadConfigRequest may point models: by default the directories the server started with,
         # so a client on the port cannot make the server load (and run) a SavedModel from anywhere on the disk.
         entries = config.model_config_list.config
@@ -236,7 +247,7 @@ class ModelServer:
         base = model.entry.base_path
         aspired = aspired_versions(model.entry, existing_versions(base))
         for version in sorted(aspired, reverse=True):  # newest first: it is the one "latest" requests get
-            if version in model.loaded or version in model.failed:
+            if version in model.loaded or not self._may_load(model, version):
                 continue
             path = os.path.join(base, str(version))
             self._set_state(model, version, ModelVersionStatus.LOADING)
@@ -246,7 +257,8 @@ class ModelServer:
                 loaded = load_version(path, version, self.batching)
             except Exception as exc:  # a broken version must not take the server down; keep serving the old one
                 log.error("model %s: failed to load %s: %s", name, path, exc)
-                model.failed.add(version)
+                attempts = model.failed.get(version, (0, 0.0))[0] + 1
+                model.failed[version] = (attempts, time.monotonic())
                 message = f"Loading servable: {{name: {name} version: {version}}} failed: {type(exc).__name__}: {exc}"
                 self._set_state(model, version, ModelVersionStatus.END, message)
                 continue
@@ -264,6 +276,15 @@ class ModelServer:
             loaded.unload()
             self._set_state(model, loaded.version, ModelVersionStatus.END)
             log.info("model %s: unloaded version %d", name, loaded.version)
+
+    def _may_load(self, model: _Model, version: int) -> bool:
+        """A version that failed to load is retried (it may have been half-written) up to max_num_load_retries
+        times, load_retry_interval apart, as TF Serving does; then it stays END until a config reload."""
+        attempts, last = model.failed.get(version, (0, 0.0))
+        if attempts == 0:
+            return True
+        retry = self.load_retry
+        return attempts <= retry.max_num_load_retries and time.monotonic() - last >= retry.interval_seconds
 
     def _set_state(self, model: _Model, version: int, state: int, message: str = "") -> None:
         with self._lock:

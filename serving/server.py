@@ -15,7 +15,7 @@ import grpc
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
 from serving.batching import BatchingOptions
-from serving.core import ModelServer, ServingError, ServingLimits, log, single_model_config
+from serving.core import LoadRetry, ModelServer, ServingError, ServingLimits, log, single_model_config
 from serving.protos import BatchingParameters, ConfigFileError, ModelServerConfig, SSLConfig, read_text_proto
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -82,6 +82,8 @@ class ServeOptions:
     max_string_bytes: int = ServingLimits.max_string_bytes
     allowed_base_path_roots: tuple[str, ...] = ()
     grpc_max_threads: int = 16
+    max_num_load_retries: int = 5
+    load_retry_interval_micros: int = 60_000_000
     drain_seconds: float = 30.0
 
 
@@ -201,6 +203,7 @@ def start_server(
         batching=batching_options(options),
         limits=ServingLimits(options.max_request_batch, options.max_string_bytes),
         allowed_roots=options.allowed_base_path_roots or None,
+        load_retry=LoadRetry(options.max_num_load_retries, options.load_retry_interval_micros / 1e6),
     )
     credentials = server_credentials(options.ssl_config_file) if options.ssl_config_file else None
     model_server.poll()

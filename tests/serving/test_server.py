@@ -205,3 +205,33 @@ def test_warmup_requests_are_replayed_before_serving(small_model, hierarchy, tmp
         writer.write(bad.SerializeToString())
     with pytest.raises(KeyError):  # a warmup request that cannot run fails the load: the version is never served
         load_version(path, 1)
+
+
+def test_a_half_written_version_is_retried_and_served_once_complete(exported_model, tmp_path):
+    from serving.core import LoadRetry, ModelServer
+
+    base = tmp_path / "pets"
+    shutil.copytree(exported_model[2], base / "1")
+    server = ModelServer.single("pets", str(base), load_retry=LoadRetry(max_num_load_retries=5, interval_seconds=0.2))
+    server.poll()
+    half = base / "2"
+    half.mkdir()  # copied by hand, not atomically: the directory exists before its saved_model.pb
+    server.poll()
+    request = get_model_status_pb2.GetModelStatusRequest()
+    request.model_spec.name = "pets"
+    states = {s.version: s for s in server.get_model_status(request).model_version_status}
+    assert states[2].state == get_model_status_pb2.ModelVersionStatus.END and states[2].status.error_message
+    assert server.latest_version("pets") == 1  # never the half-written one
+    shutil.rmtree(half)
+    shutil.copytree(exported_model[2], half)
+    server.poll()  # too soon: the retry interval has not passed
+    assert server.latest_version("pets") == 1
+    time.sleep(0.3)
+    server.poll()
+    assert server.latest_version("pets") == 2
+    states = {s.version: s.state for s in server.get_model_status(request).model_version_status}
+    assert states == {
+        2: get_model_status_pb2.ModelVersionStatus.AVAILABLE,
+        1: get_model_status_pb2.ModelVersionStatus.END,
+    }
+    server.unload_all()
