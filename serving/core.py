@@ -19,7 +19,9 @@ unloaded meanwhile. Pure core: ModelServer. Thin shells: serving/server.py (gRPC
 from __future__ import annotations
 
 import logging
+import math
 import os
+import posixpath
 import threading
 import time
 from dataclasses import dataclass, field
@@ -75,6 +77,7 @@ class ServingLimits:
 
     max_request_batch: int = 1024  # rows (dimension 0) of any input
     max_string_bytes: int = 16 * 1024 * 1024  # one tf.string element, e.g. one encoded image
+    max_elements: int = 16 * 1024 * 1024  # all elements of one input tensor
 
 
 @dataclass(frozen=True)
@@ -177,13 +180,30 @@ def aspired_versions(entry, versions: list[int]) -> list[int]:
     return list(versions[-count:])
 
 
-def _inside(path: str, root: str) -> bool:
-    path, root = os.path.realpath(path), os.path.realpath(root)
-    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
-
-
 def _is_remote(path: str) -> bool:
-    return "://" in path
+    return "://" in path and not path.startswith("file://")
+
+
+def _resolved(path: str) -> str:
+    """A path as the file system will reach it: local paths (and file:// URLs) with symlinks and '..' resolved;
+    remote URLs (gs://, s3://, ...) as written, their '..' segments collapsed."""
+    if "\x00" in path:
+        raise ValueError("path contains a NUL byte")
+    if path.startswith("file://"):
+        path = path[len("file://") :]
+    if _is_remote(path):
+        scheme, rest = path.split("://", 1)
+        return f"{scheme}://{posixpath.normpath('/' + rest).lstrip('/')}"
+    return os.path.realpath(path)
+
+
+def _parent(path: str) -> str:
+    return posixpath.dirname(path.rstrip("/")) if _is_remote(path) else os.path.dirname(os.path.abspath(path))
+
+
+def _inside(path: str, root: str) -> bool:
+    path, root = _resolved(path), _resolved(root)
+    return path == root or path.startswith(root.rstrip("/") + "/")
 
 
 @dataclass
@@ -214,7 +234,7 @@ class ModelServer:
         # Where HandleReloadConfigRequest may point models: by default the directories the server started with,
         # so a client on the port cannot make the server load (and run) a SavedModel from anywhere on the disk.
         entries = config.model_config_list.config
-        self.allowed_roots = tuple(allowed_roots or {os.path.dirname(os.path.abspath(e.base_path)) for e in entries})
+        self.allowed_roots = tuple(allowed_roots or {_parent(e.base_path) for e in entries})
         self._lock = threading.RLock()
         self._poll_lock = threading.Lock()  # one poll (or reload) at a time
         self._models: dict[str, _Model] = {e.name: _Model(_copy(e)) for e in entries}
@@ -252,7 +272,7 @@ class ModelServer:
             path = os.path.join(base, str(version))
             self._set_state(model, version, ModelVersionStatus.LOADING)
             try:
-                if not _is_remote(path) and not _inside(path, base):
+                if not _inside(path, base):
                     raise ValueError(f"{path} resolves outside the model's base path {base}")
                 loaded = load_version(path, version, self.batching)
             except Exception as exc:  # a broken version must not take the server down; keep serving the old one
@@ -298,6 +318,8 @@ class ModelServer:
     def reload_config(self, config: ModelServerConfig) -> None:
         """Replace the served models (HandleReloadConfigRequest): models with an unchanged name and base path keep
         their loaded versions; removed ones are unloaded. Blocks until the new config's versions are loaded."""
+        if config.WhichOneof("config") is None:  # an unset config would unload every model
+            raise _invalid("ReloadConfigRequest: config must set model_config_list (the only supported kind)")
         try:
             validate_model_server_config(config, "ReloadConfigRequest")
         except ConfigFileError as exc:
@@ -323,9 +345,9 @@ class ModelServer:
 
     def _check_base_paths(self, config: ModelServerConfig) -> None:
         for entry in config.model_config_list.config:
-            if _is_remote(entry.base_path):
-                continue
-            if not os.path.isabs(entry.base_path):
+            if "\x00" in entry.base_path:
+                raise _invalid(f"model {entry.name}: base_path contains a NUL byte")
+            if not _is_remote(entry.base_path) and not os.path.isabs(entry.base_path.removeprefix("file://")):
                 raise _invalid(f"model {entry.name}: base_path must be absolute, got {entry.base_path!r}")
             if not any(_inside(entry.base_path, root) for root in self.allowed_roots):
                 raise _invalid(
@@ -540,6 +562,7 @@ class ModelServer:
             # TF's DataTypeString spelling, as in TF Serving's message: "float", "string", "int64".
             expected, got = (_dtype_name(t) for t in (tensor_info.dtype, proto.dtype))
             raise _invalid(f"Expects arg '{name}' to be {expected} but {got} is provided")
+        self._check_declared_shape(name, [d.size for d in proto.tensor_shape.dim])
         try:
             array = tf.make_ndarray(proto)
         except Exception as exc:
@@ -552,6 +575,22 @@ class ModelServer:
                 )
         self._check_batch(name, array)
         return array
+
+    def _check_declared_shape(self, name: str, dims: list[int]) -> None:
+        """Before conversion: make_ndarray fills a declared shape by repeating the last value, so a few bytes
+        could otherwise ask for gigabytes."""
+        if any(d < 0 for d in dims):
+            raise _invalid(f"input '{name}': negative dimension in shape {dims}")
+        if dims and dims[0] > self.limits.max_request_batch:
+            raise _invalid(
+                f"input '{name}': batch of {dims[0]} exceeds this server's limit of "
+                f"{self.limits.max_request_batch} (--max_request_batch)"
+            )
+        if math.prod(dims) > self.limits.max_elements:
+            raise _invalid(
+                f"input '{name}': shape {dims} declares {math.prod(dims)} elements, over this server's limit of "
+                f"{self.limits.max_elements}"
+            )
 
     def _check_batch(self, name: str, array: np.ndarray) -> None:
         limits = self.limits

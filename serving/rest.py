@@ -83,7 +83,7 @@ def request_from_json(body: dict, model_name: str, version: int | None, label: s
     if not isinstance(body, dict) or ("instances" in body) == ("inputs" in body):
         raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, 'request must have exactly one of "instances" or "inputs"')
     request = predict_pb2.PredictRequest(model_spec=model_spec(model_name, version, label))
-    signature_name = body.get("signature_name", "") or "serving_default"
+    signature_name = _signature_name(body)
     request.model_spec.signature_name = signature_name
     signature = signature_defs.get(signature_name)
     if signature is None:
@@ -106,8 +106,18 @@ def request_from_json(body: dict, model_name: str, version: int | None, label: s
         if name not in dtypes:
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"unknown input '{name}'; inputs: {sorted(dtypes)}")
         request.inputs[name].CopyFrom(_tensor(name, value, dtypes[name]))
-    request.output_filter.extend(body.get("output_filter", []))
+    output_filter = body.get("output_filter", [])
+    if not isinstance(output_filter, list) or not all(isinstance(o, str) for o in output_filter):
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "'output_filter' must be a list of strings")
+    request.output_filter.extend(output_filter)
     return request, row
+
+
+def _signature_name(body: dict) -> str:
+    name = body.get("signature_name", "")
+    if not isinstance(name, str):  # TF Serving's message
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "'signature_name' key must be a string value.")
+    return name or "serving_default"
 
 
 def _json_value(value):
@@ -143,6 +153,8 @@ def _feature(name: str, value) -> tf.train.Feature:
     if all(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values):
         return tf.train.Feature(bytes_list=tf.train.BytesList(value=[_as_bytes(name, v) for v in values]))
     if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        if any(not -(2**63) <= v < 2**63 for v in values):
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"feature '{name}': integer out of int64 range")
         return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
     if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
         return tf.train.Feature(float_list=tf.train.FloatList(value=values))
@@ -170,7 +182,7 @@ def examples_request_from_json(body, kind: str, name: str, version: int | None, 
         raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, '"examples" must be a list of objects')
     message = classification_pb2.ClassificationRequest if kind == "classify" else regression_pb2.RegressionRequest
     request = message(model_spec=model_spec(name, version, label))
-    request.model_spec.signature_name = body.get("signature_name", "") or "serving_default"
+    request.model_spec.signature_name = _signature_name(body)
     examples = [_example(e) for e in body["examples"]]
     if "context" in body:
         request.input.CopyFrom(
@@ -246,6 +258,10 @@ def _handler(server: ModelServer, max_body_bytes: int, in_flight: _InFlight):
         def _send(self, code: int, payload: dict) -> None:
             body = json.dumps(payload).encode()
             self.send_response(code)
+            if not self.body_read and self.headers.get("Content-Length", "0") not in ("", "0"):
+                # An unread body must not be taken for the next request: answer, then close (this header also
+                # sets close_connection).
+                self.send_header("Connection", "close")
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -257,6 +273,8 @@ def _handler(server: ModelServer, max_body_bytes: int, in_flight: _InFlight):
                 return self._send(HTTPStatus.NOT_FOUND, {"error": f"Malformed request: {method} {self.path}"})
             name, suffix, label = match["name"], match["suffix"], match["label"]
             version = int(match["version"]) if match["version"] else None
+            if version is not None and version >= 2**63:
+                return self._send(HTTPStatus.BAD_REQUEST, {"error": f"version {version} is out of int64 range"})
             try:
                 if method == "GET" and suffix is None:
                     return self._send(HTTPStatus.OK, _status_json(server, name, version, label))
@@ -272,6 +290,8 @@ def _handler(server: ModelServer, max_body_bytes: int, in_flight: _InFlight):
                 return self._send(HTTPStatus.NOT_FOUND, {"error": f"Malformed request: {method} {self.path}"})
             except ServingError as exc:
                 return self._send(HTTP_CODES.get(exc.code, HTTPStatus.INTERNAL_SERVER_ERROR), {"error": exc.message})
+            except (ValueError, TypeError, OverflowError, RecursionError) as exc:  # JSON of the wrong shape
+                return self._send(HTTPStatus.BAD_REQUEST, {"error": f"malformed request: {type(exc).__name__}: {exc}"})
             except Exception as exc:  # never drop the connection without an answer
                 log.exception("REST %s %s", method, self.path)
                 return self._send(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"{type(exc).__name__}: {exc}"})
@@ -282,10 +302,11 @@ def _handler(server: ModelServer, max_body_bytes: int, in_flight: _InFlight):
             except ValueError:
                 raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "Content-Length is not a number") from None
             if length > max_body_bytes:
-                self.close_connection = True  # the unread body must not be parsed as the next request
                 raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"request body over {max_body_bytes} bytes")
+            data = self.rfile.read(length)
+            self.body_read = True
             try:
-                return json.loads(self.rfile.read(length) or b"null")
+                return json.loads(data or b"null")
             except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
                 raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"JSON Parse error: {exc}") from None
 
@@ -296,6 +317,7 @@ def _handler(server: ModelServer, max_body_bytes: int, in_flight: _InFlight):
             return response_to_json(server.predict(request), row)
 
         def _serve(self, method: str) -> None:
+            self.body_read = False
             if not in_flight.enter():
                 self.close_connection = True
                 return self._send(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "Server is shutting down"})
@@ -309,6 +331,11 @@ def _handler(server: ModelServer, max_body_bytes: int, in_flight: _InFlight):
 
         def do_POST(self):  # noqa: N802
             self._serve("POST")
+
+        def do_PUT(self):  # noqa: N802 — other methods get TF Serving's JSON 404, not http.server's HTML 501
+            self._serve("PUT")
+
+        do_DELETE = do_PATCH = do_OPTIONS = do_PUT
 
     return Handler
 

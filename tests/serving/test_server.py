@@ -235,3 +235,43 @@ def test_a_half_written_version_is_retried_and_served_once_complete(exported_mod
         1: get_model_status_pb2.ModelVersionStatus.END,
     }
     server.unload_all()
+
+
+@pytest.mark.parametrize(
+    "base_path, message",
+    [
+        ("file:///etc/models/pets", "outside the allowed roots"),  # a URL form of a local path is still checked
+        ("gs://elsewhere/pets", "outside the allowed roots"),
+        ("{root}/../../etc", "outside the allowed roots"),
+        ("{root}/pets\x00x", "NUL byte"),
+        ("relative/pets", "must be absolute"),
+    ],
+)
+def test_reload_cannot_point_a_model_outside_the_allowed_roots(exported_model, tmp_path, base_path, message):
+    from serving.core import ModelServer, ServingError
+    from serving.protos import ModelServerConfig
+
+    shutil.copytree(exported_model[2], tmp_path / "pets" / "1")
+    server = ModelServer.single("pets", str(tmp_path / "pets"))
+    config = ModelServerConfig()
+    config.model_config_list.config.add(name="pets", base_path=base_path.format(root=tmp_path))
+    with pytest.raises(ServingError, match=message) as error:
+        server.reload_config(config)
+    assert error.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(ServingError, match="must set model_config_list"):
+        server.reload_config(ModelServerConfig())  # an unset config would unload everything
+    assert server.model_names == ["pets"]
+
+
+def test_declared_shapes_are_checked_before_any_memory_is_spent(server):
+    _, channel, _ = server
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    for dims, message in (([10**9], "batch of 1000000000 exceeds"), ([-5], "negative dimension")):
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "pets"
+        tensor = request.inputs["image_bytes"]
+        tensor.dtype = tf.string.as_datatype_enum
+        tensor.tensor_shape.dim.extend(tensor.tensor_shape.Dim(size=d) for d in dims)
+        tensor.string_val.append(_jpeg(0))  # one value, 10^9 declared: make_ndarray would repeat it 10^9 times
+        code, details = _code(lambda request=request: stub.Predict(request, timeout=10))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and message in details
