@@ -275,3 +275,22 @@ def test_declared_shapes_are_checked_before_any_memory_is_spent(server):
         tensor.string_val.append(_jpeg(0))  # one value, 10^9 declared: make_ndarray would repeat it 10^9 times
         code, details = _code(lambda request=request: stub.Predict(request, timeout=10))
         assert code == grpc.StatusCode.INVALID_ARGUMENT and message in details
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.arange(6, dtype=np.float32).reshape(2, 3),
+        np.array([b"Bengal", b"", b"\xff\x00"], dtype=object),
+        np.array([[1, -2]], dtype=np.int64),
+        np.array([True, False]),
+        np.zeros((0, 5), np.float32),
+        np.float32(3.5),
+    ],
+)
+def test_response_tensors_read_back_as_tf_make_tensor_proto_s(array):
+    from serving.core import tensor_proto
+
+    ours, tfs = tf.make_ndarray(tensor_proto(array)), tf.make_ndarray(tf.make_tensor_proto(array))
+    assert ours.dtype == tfs.dtype and ours.shape == tfs.shape
+    np.testing.assert_array_equal(ours, tfs)
