@@ -4,6 +4,7 @@ HandleReloadConfigRequest, batching, request limits, TLS and mutual TLS, and a S
 
 from __future__ import annotations
 
+import base64
 import datetime
 import http.client
 import json
@@ -415,3 +416,27 @@ def test_sigterm_drains_in_flight_requests_then_exits_0(tmp_path):
         assert server.process.wait(30) == 0
         assert "draining in-flight requests" in server.log()
         channel.close()
+
+
+def test_rest_predict_row_and_columnar_status_and_metadata(served):
+    server, channel, _ = served
+    image = {"b64": base64.b64encode(jpeg_bytes(5)).decode()}
+    status, row = _http(server, "POST", "/v1/models/pets:predict", {"instances": [image, image]})
+    assert status == 200 and len(row["predictions"]) == 2
+    first, second = row["predictions"]
+    assert first["breed"] == second["breed"] and first["image_error"] == ""
+    body = {"inputs": {"image_bytes": [image]}, "output_filter": ["breed", "breed_probs"]}
+    status, columnar = _http(server, "POST", "/v1/models/pets/versions/1:predict", body)
+    assert status == 200 and set(columnar["outputs"]) == {"breed", "breed_probs"}
+    assert columnar["outputs"]["breed"] == [first["breed"]]
+    np.testing.assert_allclose(columnar["outputs"]["breed_probs"][0], first["breed_probs"], rtol=1e-6)
+    status, body = _http(server, "POST", "/v1/models/toy:predict", {"instances": [1.0, 3.0]})
+    assert (status, body) == (200, {"predictions": [3.0, 5.0]})  # toy v2: y = x + 2
+    status, versions = _http(server, "GET", "/v1/models/toy")
+    assert status == 200 and {(v["version"], v["state"]) for v in versions["model_version_status"]} == {
+        ("2", "AVAILABLE"),
+        ("1", "AVAILABLE"),
+    }
+    status, metadata = _http(server, "GET", "/v1/models/toy/versions/1/metadata")
+    assert status == 200 and metadata["model_spec"]["version"] == "1"
+    assert metadata["metadata"]["signature_def"]["signature_def"]["regress_x"]["method_name"] == REGRESS
