@@ -1,21 +1,49 @@
 """Beam pipeline construction that never reaches for the network.
 
 Beam 2.77's DirectRunner first tries the Prism runner, which downloads a binary from the internet. For the
-local runners (no --runner, DirectRunner, SwitchingDirectRunner) we build the FnApiRunner ourselves — the same
-runner DirectRunner falls back to, honouring --direct_num_workers and --direct_running_mode. Any other
---runner (DataflowRunner, FlinkRunner, SparkRunner, PrismRunner, ...) and every other flag pass through as given.
+local runners (no --runner, DirectRunner, SwitchingDirectRunner, TestDirectRunner, FnApiRunner — under any of the
+spellings Beam accepts: any case, without the "Runner" suffix, or as a class path) we build the FnApiRunner
+ourselves — the same runner DirectRunner falls back to, honouring --direct_num_workers and --direct_running_mode
+(in_memory, multi_threading, or multi_processing: SDK worker subprocesses). Any other --runner (DataflowRunner,
+FlinkRunner, SparkRunner, PortableRunner, PrismRunner, ...) and every other flag pass through as given; see
+docs/beam-runners.md.
 """
 
 from __future__ import annotations
 
+import importlib
+import logging
 import re
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions, WorkerOptions
 
 from pipeline import errors
 
-LOCAL_RUNNER_NAMES = {None, "DirectRunner", "SwitchingDirectRunner", "FnApiRunner"}
+
+def _local_runner_classes() -> tuple[type, ...]:
+    """The runners that would try Prism (the DirectRunner family), and the FnApiRunner they fall back to."""
+    from apache_beam.runners.direct.direct_runner import SwitchingDirectRunner
+    from apache_beam.runners.direct.test_direct_runner import TestDirectRunner
+    from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiRunner
+
+    return SwitchingDirectRunner, TestDirectRunner, FnApiRunner  # DirectRunner is SwitchingDirectRunner
+
+
+def is_local_runner(runner_name: str | None) -> bool:
+    """Whether --runner names a runner we replace with our FnApiRunner: resolved the way Beam resolves it."""
+    if runner_name is None:
+        return True
+    known = {path.rsplit(".", 1)[-1].lower(): path for path in StandardOptions.ALL_KNOWN_RUNNERS}
+    path = known.get(runner_name.lower(), known.get(runner_name.lower() + "runner", runner_name))
+    if "." not in path:
+        return False  # Beam rejects it with its list of valid runners
+    module, _, name = path.rpartition(".")
+    try:
+        runner_class = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return False  # Beam reports it
+    return any(runner_class is local for local in _local_runner_classes())
 
 
 def _local_fn_api_runner(options: PipelineOptions):
@@ -29,11 +57,26 @@ def _local_fn_api_runner(options: PipelineOptions):
     return fn_runner.FnApiRunner(provision_info=provision)
 
 
+def _quiet_worker_processes_like_this_one(options: PipelineOptions) -> None:
+    """multi_processing SDK workers log at INFO on their own stderr, whatever this process's logging says; unless
+    the user chose --default_sdk_harness_log_level, they log Beam at the level this process logs Beam at."""
+    worker = options.view_as(WorkerOptions)
+    if options.view_as(DirectOptions).direct_running_mode != "multi_processing":
+        return
+    if worker.default_sdk_harness_log_level is not None:
+        return
+    level = logging.getLogger("apache_beam").getEffectiveLevel()
+    if level > logging.INFO:
+        worker.default_sdk_harness_log_level = logging.getLevelName(level)
+
+
 def make_pipeline(beam_args: list[str] | None = None) -> beam.Pipeline:
-    """A beam.Pipeline for the user's Beam flags; local runs use the in-process FnApiRunner, never Prism."""
+    """A beam.Pipeline for the user's Beam flags; local runs use our FnApiRunner, never Prism."""
     options = PipelineOptions(beam_args or [])
-    runner_name = options.view_as(StandardOptions).runner
-    runner = _local_fn_api_runner(options) if runner_name in LOCAL_RUNNER_NAMES else None
+    runner = None
+    if is_local_runner(options.view_as(StandardOptions).runner):
+        _quiet_worker_processes_like_this_one(options)
+        runner = _local_fn_api_runner(options)
     return beam.Pipeline(runner=runner, options=options)
 
 

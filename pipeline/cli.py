@@ -14,12 +14,13 @@ import sys
 from pipeline.errors import PetpipeError
 
 log = logging.getLogger("petpipe")
-EXIT_NOT_BLESSED = 5
 
 RUN_EPILOG = """\
-Exit codes: 0 done (candidate blessed and exported), 2 error (bad input or config), 3 too many records
-quarantined (--max-bad-fraction), 4 severe data anomalies (see the span's validation.json), 5 candidate not
-blessed (not exported; see the run's report). Nothing is trained after 3 or 4.
+Exit codes: 0 done (candidate blessed and pushed) or nothing to do (no new span or setting since the last
+decision), 2 error (bad input, config, I/O), 3 too many records quarantined (--max-bad-fraction), 4 severe data
+anomalies (see the span's validation.json), 5 candidate not blessed (nothing pushed; see the run's report),
+6 locked (another run holds the work dir), 130 interrupted. Nothing is trained after 3 or 4; the served model is
+never touched unless a candidate is blessed. Every run is recorded: petpipe history, petpipe lineage VERSION.
 
 Beam options: any flag not listed above goes to Apache Beam as is. Without --runner (or with
 --runner=DirectRunner) the pipeline runs locally on Beam's FnApiRunner, never downloading the Prism runner.
@@ -60,10 +61,31 @@ class _QuietBeam(logging.Filter):
         return record.levelno >= logging.ERROR or "apache_beam" not in record.pathname
 
 
-def _setup_logging(verbose: bool) -> None:
+class JsonLines(logging.Formatter):
+    """One JSON object per record: time (ISO 8601, UTC), level, logger, message (+ exception)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        import datetime
+        import json
+
+        entry = {
+            "time": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def _setup_logging(verbose: bool, log_format: str = "text") -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )
+    if log_format == "json":
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonLines())
     if verbose:
         return
     for handler in logging.getLogger().handlers:
@@ -84,9 +106,8 @@ def _make_data(args) -> int:
     return 0
 
 
-def _run(args, beam_args: list[str]) -> int:
+def run_config(args):
     from pipeline.config import load_config
-    from pipeline.run import run_pipeline
 
     flags = {
         "data.source": args.source,
@@ -100,11 +121,83 @@ def _run(args, beam_args: list[str]) -> int:
     }
     # Dedicated flags win over --set, which wins over the config file.
     overrides = list(args.set) + [f"{key}={value}" for key, value in flags.items() if value is not None]
-    config = load_config(args.config, overrides)
-    summary = run_pipeline(config, beam_args)
-    blessed = summary.blessing.get("blessed", False)
-    print("\n".join(["", f"petpipe run: {'done' if blessed else 'done, candidate NOT blessed'}"] + summary.lines()))
-    return 0 if blessed else EXIT_NOT_BLESSED
+    return load_config(args.config, overrides)
+
+
+def _run(args, beam_args: list[str]) -> int:
+    from pipeline.run import run_pipeline
+
+    summary = run_pipeline(run_config(args), beam_args, force=args.force)
+    if summary.outcome == "nothing to do":
+        print(f"petpipe run: nothing to do: {summary.outcome_message}")
+        return 0
+    verdict = "done" if summary.exit_code == 0 else "done, candidate NOT blessed"
+    print("\n".join(["", f"petpipe run: {verdict}"] + summary.lines()))
+    return summary.exit_code
+
+
+def _schedule(args, beam_args: list[str]) -> int:
+    """A foreground loop: run, sleep until the next slot, run again. Each run's outcome is logged; errors do not
+    stop the loop (the next slot tries again), except configuration errors, which would fail every time."""
+    import time
+
+    from pipeline.errors import ConfigError
+
+    every = parse_duration(args.every)
+    config = run_config(args)  # a bad config fails now, not at the first slot
+    log.info("schedule: petpipe run every %s on %s (Ctrl-C to stop)", args.every, config.work_dir)
+    runs = 0
+    while True:
+        started = time.monotonic()
+        try:
+            code = _run(args, beam_args)
+        except ConfigError:
+            raise
+        except PetpipeError as exc:
+            log.error("schedule: run failed (exit %d): %s", exc.exit_code, exc)
+            code = exc.exit_code
+        runs += 1
+        log.info("schedule: run %d ended with exit code %d", runs, code)
+        if args.max_runs and runs >= args.max_runs:
+            return 0
+        time.sleep(max(0.0, every - (time.monotonic() - started)))
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '15m', '24h', '1d' or plain seconds → seconds."""
+    import re
+
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
+    if not match or float(match.group(1)) <= 0:
+        raise PetpipeError(f"--every {text!r}: expected a positive duration like 90s, 15m, 24h or 1d")
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+
+
+def _history(args) -> int:
+    from pipeline.store import RunStore, format_history
+
+    store = _open_store(args, RunStore)
+    print(format_history(store, args.limit))
+    return 0
+
+
+def _lineage(args) -> int:
+    from pipeline.store import RunStore, format_lineage
+
+    config = run_config(args)
+    store = _open_store(args, RunStore)
+    text = format_lineage(store, args.version, config.model_base_path)
+    if not text:
+        raise PetpipeError(f"version {args.version}: not pushed by any run recorded in {store.path}")
+    print(text)
+    return 0
+
+
+def _open_store(args, store_class):
+    path = run_config(args).run_store_path
+    if not os.path.exists(path):
+        raise PetpipeError(f"{path}: no run store yet (petpipe run creates it)")
+    return store_class(path)
 
 
 def _serve(args) -> int:
@@ -213,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="petpipe", description="Train and serve a species → breed pet classifier (Beam + TensorFlow)."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--log-format", choices=["text", "json"], default="text", help="json: one JSON object per line, for collectors"
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     make_data = commands.add_parser(
@@ -228,6 +324,39 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=RUN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _run_flags(run)
+    run.add_argument("--force", action="store_true", help="train, evaluate and maybe push even if nothing changed")
+    schedule = commands.add_parser(
+        "schedule",
+        help="run the pipeline every --every, in the foreground (for machines without cron or a scheduler)",
+        epilog="Takes every `petpipe run` flag; Beam flags pass through. Exit codes of each run are logged.",
+    )
+    schedule.add_argument("--every", required=True, help="interval between run starts: 90s, 15m, 24h, 1d")
+    schedule.add_argument("--max-runs", type=int, default=0, help="stop after this many runs (default: never)")
+    _run_flags(schedule)
+    schedule.set_defaults(force=False)
+    history = commands.add_parser("history", help="the runs recorded in the run store, with their steps")
+    _store_flags(history)
+    history.add_argument("--limit", type=int, default=20, help="most recent runs to show (default 20)")
+    lineage = commands.add_parser("lineage", help="where a pushed version came from: span → TFRecords → model → blessing → push")
+    lineage.add_argument("version", type=int, help="model version number in the serving directory")
+    _store_flags(lineage)
+    _add_serve(commands)
+    return parser
+
+
+def _store_flags(parser) -> None:
+    """Enough of `run`'s flags to find the run store and the serving directory."""
+    parser.add_argument("--config", help="TOML config file")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. store_path=")
+    parser.add_argument("--work-dir", help="the pipeline root (default petpipe-work)")
+    parser.add_argument("--serving-dir", help="TF Serving model root (default <work-dir>/serving)")
+    parser.set_defaults(
+        source=None, data_dir=None, tfds_data_dir=None, spans=None, max_bad_fraction=None, hierarchy=None
+    )
+
+
+def _run_flags(run) -> None:
     run.add_argument("--config", help="TOML config file (sections data, preprocess, train, export)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.epochs=3")
     run.add_argument(
@@ -252,6 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--work-dir", help="where data, TFRecords and metrics go (default petpipe-work)")
     run.add_argument("--serving-dir", help="TF Serving model root (default <work-dir>/serving)")
 
+
+def _add_serve(commands) -> None:
     serve = commands.add_parser(
         "serve",
         help="serve models over TF Serving's gRPC and REST APIs",
@@ -300,21 +431,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = commands.add_parser("status", help="versions and states of a model on a running server")
     _client_flags(status, timeout=10.0)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
-    if unknown and args.command != "run":
+    if unknown and args.command not in ("run", "schedule"):
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    _setup_logging(args.verbose)
+    _setup_logging(args.verbose, args.log_format)
     try:
         if args.command == "make-data":
             return _make_data(args)
         if args.command == "run":
             return _run(args, unknown)
+        if args.command == "schedule":
+            return _schedule(args, unknown)
+        if args.command == "history":
+            return _history(args)
+        if args.command == "lineage":
+            return _lineage(args)
         if args.command == "serve":
             return _serve(args)
         if args.command == "status":

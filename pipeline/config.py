@@ -99,6 +99,7 @@ class BlessConfig:
 @dataclass(frozen=True)
 class PipelineConfig:
     work_dir: str = "petpipe-work"
+    store_path: str = ""  # the run store (SQLite); default <work_dir>/metadata.sqlite — keep it on a local disk
     data: DataConfig = field(default_factory=DataConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
@@ -110,6 +111,10 @@ class PipelineConfig:
     def tfrecord_root(self) -> str:
         """Holds span-<N>/ per ingested span: <split>/ TFRecords, quarantine/, statistics.json, schema.pbtxt."""
         return str(Path(self.work_dir) / "tfrecords")
+
+    @property
+    def run_store_path(self) -> str:
+        return self.store_path or str(Path(self.work_dir) / "metadata.sqlite")
 
     @property
     def serving_dir(self) -> str:

@@ -21,8 +21,9 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from components.ingest import SPLITS
-from pipeline.config import DataConfig, PipelineConfig
+from pipeline.config import DataConfig, PipelineConfig, to_dict
 from pipeline.errors import ConfigError, DataError, DataThresholdError, ValidationError
+from pipeline.store import Tracker
 from schemas import Hierarchy, write_schema
 
 log = logging.getLogger("petpipe")
@@ -257,38 +258,106 @@ def validate_span(config: PipelineConfig, result: SpanResult, hierarchy: Hierarc
     return format_anomalies(anomalies), anomalies
 
 
+def ingest_config_hash(config: PipelineConfig, hierarchy: Hierarchy) -> str:
+    """What decides a span's outputs besides its input files (which span to pick and where the data live do not)."""
+    from pipeline import fingerprint
+
+    data = {k: v for k, v in to_dict(config.data).items() if k not in ("spans", "data_dir", "tfds_data_dir")}
+    sections = {"data": data, "preprocess": to_dict(config.preprocess), "validation": to_dict(config.validation)}
+    return fingerprint.of_value({**sections, "hierarchy": hierarchy.breed_names, "species": list(hierarchy.species)})
+
+
 def ingest_spans(
-    config: PipelineConfig, data_dir: str | None, hierarchy: Hierarchy, schema, beam_args
+    config: PipelineConfig,
+    data_dir: str | None,
+    hierarchy: Hierarchy,
+    schema,
+    beam_args,
+    tracker: Tracker | None = None,
 ) -> list[SpanResult]:
-    """Run the data stage for every selected span; each must pass its checks before it is recorded."""
+    """Run the data stage for every selected span; each must pass its checks before it is recorded. A span whose
+    input files and settings match a completed execution in the run store is reused, not recomputed."""
+    from pipeline import fingerprint
+
+    tracker = tracker or Tracker()
     spans = available_spans(data_dir) if data_dir and config.data.source != "tfds" else []
     if not spans and config.data.spans != "latest":
         raise ConfigError(f"data.spans={config.data.spans}: {data_dir or 'the input'} has no span-<N> subdirectories")
     selected = select_spans(spans, config.data.spans) if spans else [0]
+    config_hash = ingest_config_hash(config, hierarchy)
     results = []
     for span in selected:
         span_input = os.path.join(data_dir, f"span-{span}") if spans else data_dir
-        forget_span(config.work_dir, span)
-        result = run_span_job(config, span_input, span, hierarchy, schema, beam_args)
-        quarantine_dir = os.path.join(result.tfrecord_dir, "quarantine")
-        if result.bad_fraction > config.data.max_bad_fraction:
-            raise DataThresholdError(
-                f"span {span}: {sum(result.quarantined.values())} of {sum(result.records.values())} records "
-                f"({result.bad_fraction:.1%}) quarantined, above data.max_bad_fraction "
-                f"{config.data.max_bad_fraction:.1%}; see {quarantine_dir}/*.jsonl"
+        source = span_input or f"tfds:{config.data.tfds_name}:{','.join(config.data.tfds_splits)}"
+        input_fingerprint = fingerprint.of_tree(span_input) if span_input else fingerprint.of_value(source)
+        key = fingerprint.of_value([span, input_fingerprint, config_hash])
+        input_artifact = tracker.artifact("span_input", source, fingerprint=input_fingerprint, span=span)
+        inputs = {"span": span, "source": source, "fingerprint": input_fingerprint}
+        with tracker.execution("ingest", key, inputs, config_hash, [input_artifact]) as execution:
+            result = _reused_span(tracker.completed("ingest", key), execution, config)
+            if result is None:
+                result = _ingest_span(config, span, span_input, hierarchy, schema, beam_args)
+                output_fingerprint = fingerprint.of_tree(result.tfrecord_dir, with_times=False)
+                execution.outputs = {"span_result": asdict(result), "fingerprint": output_fingerprint}
+            execution.outputs["summary"] = (
+                f"span {span}: " + ", ".join(f"{s} {result.written[s]}" for s in SPLITS)
+                + f", quarantined {sum(result.quarantined.values())}"
+                + (" (reused)" if execution.reused else "")
+            )  # fmt: skip
+            execution.output_artifacts.append(
+                tracker.artifact(
+                    "span_tfrecords",
+                    result.tfrecord_dir,
+                    fingerprint=execution.outputs["fingerprint"],
+                    span=span,
+                    record_counts=result.written,
+                )
             )
-        result.anomalies, anomalies = validate_span(config, result, hierarchy, schema)
-        for line in result.anomalies:
-            log.warning("validation: span %d: %s", span, line)
-        severe = [a for a in anomalies if a.severe]
-        if severe:
-            raise ValidationError(
-                f"span {span}: {len(severe)} severe anomalies, not training on it: {severe[0].message}"
-                f" (all in {os.path.join(result.tfrecord_dir, 'validation.json')})"
-            )
-        shutil.copyfile(
-            os.path.join(result.tfrecord_dir, "statistics.json"), os.path.join(config.work_dir, BASELINE_STATISTICS)
-        )
-        record_span(config.work_dir, result, config.data.source)
         results.append(result)
     return results
+
+
+def _reused_span(previous, execution, config: PipelineConfig) -> SpanResult | None:
+    """The SpanResult of a completed execution with the same key, if its TFRecords are still there, unchanged."""
+    from pipeline import fingerprint
+
+    if previous is None:
+        return None
+    outputs = execution.reuse(previous)
+    result = SpanResult(**outputs["span_result"])
+    if fingerprint.of_tree(result.tfrecord_dir, with_times=False) != outputs["fingerprint"]:
+        log.warning("ingest: span %d: %s changed since it was written; computing it again", result.span,
+                    result.tfrecord_dir)  # fmt: skip
+        execution.status, execution.reused, execution.outputs = "complete", None, {}
+        return None
+    log.info("ingest: span %d unchanged since run store execution %d; reusing %s", result.span, previous["id"],
+             result.tfrecord_dir)  # fmt: skip
+    if result.span not in load_spans(config.work_dir):
+        record_span(config.work_dir, result, config.data.source)
+    return result
+
+
+def _ingest_span(config: PipelineConfig, span: int, span_input, hierarchy: Hierarchy, schema, beam_args) -> SpanResult:
+    forget_span(config.work_dir, span)
+    result = run_span_job(config, span_input, span, hierarchy, schema, beam_args)
+    quarantine_dir = os.path.join(result.tfrecord_dir, "quarantine")
+    if result.bad_fraction > config.data.max_bad_fraction:
+        raise DataThresholdError(
+            f"span {span}: {sum(result.quarantined.values())} of {sum(result.records.values())} records "
+            f"({result.bad_fraction:.1%}) quarantined, above data.max_bad_fraction "
+            f"{config.data.max_bad_fraction:.1%}; see {quarantine_dir}/*.jsonl"
+        )
+    result.anomalies, anomalies = validate_span(config, result, hierarchy, schema)
+    for line in result.anomalies:
+        log.warning("validation: span %d: %s", span, line)
+    severe = [a for a in anomalies if a.severe]
+    if severe:
+        raise ValidationError(
+            f"span {span}: {len(severe)} severe anomalies, not training on it: {severe[0].message}"
+            f" (all in {os.path.join(result.tfrecord_dir, 'validation.json')})"
+        )
+    shutil.copyfile(
+        os.path.join(result.tfrecord_dir, "statistics.json"), os.path.join(config.work_dir, BASELINE_STATISTICS)
+    )
+    record_span(config.work_dir, result, config.data.source)
+    return result

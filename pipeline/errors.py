@@ -1,5 +1,7 @@
 """Errors a user can act on. The CLI prints them as one line, without a traceback, and exits with `exit_code`."""
 
+EXIT_NOT_BLESSED = 5  # a normal outcome for a scheduled run: the candidate was worse, nothing was pushed
+
 
 class PetpipeError(Exception):
     """A user-facing error whose message names the file, line or field at fault."""

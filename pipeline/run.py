@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from components.ingest import SPLITS
 from pipeline.config import DataConfig, PipelineConfig, to_dict
+from pipeline.errors import EXIT_NOT_BLESSED
 from schemas import IMAGE_ENCODED, IMAGE_FILENAME, LABEL_BREED, Hierarchy, load_hierarchy, schema_for
 
 log = logging.getLogger("petpipe")
@@ -37,6 +38,10 @@ class RunSummary:
     version_path: str = ""
     answers: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    run_id: int | None = None  # in the run store
+    outcome: str = ""  # pushed | not blessed | nothing to do
+    exit_code: int = 0
+    outcome_message: str = ""
 
     @property
     def counts(self) -> dict[str, int]:
@@ -44,7 +49,8 @@ class RunSummary:
         return {split: sum(r.written[split] for r in self.spans) for split in SPLITS}
 
     def lines(self) -> list[str]:
-        out = [f"data:     {self.data_dir}"]
+        out = [f"run:      {self.run_id} in the run store ({self.outcome}: {self.outcome_message})"]
+        out.append(f"data:     {self.data_dir}")
         for r in self.spans:
             accounted = ", ".join(
                 f"{split} {r.written[split]} + {r.quarantined[split]} = {r.records[split]}" for split in SPLITS
@@ -160,13 +166,39 @@ def smoke_query(model_base_path: str, model_name: str, picked: list[tuple[str, s
     return [format_answer(f"{name} (true {breed})", a) for (name, breed, _), a in zip(picked, answers, strict=True)]
 
 
-def run_pipeline(config: PipelineConfig, beam_args: list[str] | None = None) -> RunSummary:
+def run_pipeline(config: PipelineConfig, beam_args: list[str] | None = None, force: bool = False) -> RunSummary:
+    """One run under the pipeline lock, recorded in the run store. `force` retrains even when nothing changed."""
+    from pipeline import fingerprint
+    from pipeline.lock import LOCK_FILE, PipelineLock
+    from pipeline.store import RunStore, Tracker
+
+    os.makedirs(config.work_dir, exist_ok=True)
+    with PipelineLock(os.path.join(config.work_dir, LOCK_FILE)) as lock:
+        if stale := lock.stale_holder():
+            log.warning("lock: %s", stale)
+        store = RunStore(config.run_store_path)
+        try:
+            if abandoned := store.close_abandoned_runs():
+                log.warning("run store: run(s) %s ended without finishing; their completed steps are reused", abandoned)
+            summary = RunSummary(run_id=store.start_run(fingerprint.of_value(to_dict(config))))
+            try:
+                _run_stages(config, beam_args, summary, Tracker(store, summary.run_id), force)
+            except BaseException as exc:
+                code = getattr(exc, "exit_code", 2 if isinstance(exc, Exception) else 130)
+                store.finish_run(summary.run_id, type(exc).__name__, code, f"{exc}"[:500])
+                raise
+            store.finish_run(summary.run_id, summary.outcome, summary.exit_code, summary.outcome_message)
+            return summary
+        finally:
+            store.close()
+
+
+def _run_stages(config: PipelineConfig, beam_args, summary: RunSummary, tracker, force: bool) -> None:
+    from components.bless import check_metric_names
     from pipeline.data_stage import ingest_spans, span_window
 
-    summary = RunSummary()
     hierarchy = load_hierarchy(config.data.hierarchy) if config.data.hierarchy else load_hierarchy()
     schema = schema_for(hierarchy)
-    os.makedirs(config.work_dir, exist_ok=True)
 
     def timed(stage: str, fn, *args, **kwargs):
         start = time.monotonic()
@@ -175,35 +207,191 @@ def run_pipeline(config: PipelineConfig, beam_args: list[str] | None = None) -> 
         summary.seconds[stage] = time.monotonic() - start
         return result
 
-    from components.bless import check_metric_names
-
     check_metric_names(config.bless, known_metric_names(hierarchy, config.export.top_k))  # before hours of work
     summary.data_dir = timed("make-data", ensure_data, config.data, config.work_dir, hierarchy)
-    summary.spans = timed("ingest+preprocess", ingest_spans, config, summary.data_dir, hierarchy, schema, beam_args)
+    summary.spans = timed(
+        "ingest+preprocess", ingest_spans, config, summary.data_dir, hierarchy, schema, beam_args, tracker
+    )
     for span in summary.spans:
         log.info("span %d: written %s, quarantined %s", span.span, span.written, span.quarantined)
 
     summary.trained_on = span_window(config.work_dir, config.train.span_window)
+    window = window_artifacts(summary.trained_on, tracker)
+    decision_key = decision_key_of(config, hierarchy, [fp for _, fp in window])
+    if not force and (reason := nothing_to_do(config, tracker, decision_key)):
+        summary.outcome, summary.exit_code, summary.outcome_message = "nothing to do", 0, reason
+        log.info("nothing to do: %s", reason)
+        return
     summary.run_dir = os.path.join(config.work_dir, "runs", time.strftime("%Y%m%d-%H%M%S"))
     os.makedirs(summary.run_dir, exist_ok=True)
-    candidate, history = timed("train", train_stage, config, summary.trained_on, schema, hierarchy)
-    timed("evaluate", evaluate_stage, config, candidate, history, summary, hierarchy, schema)
-    if summary.blessing["blessed"]:
-        # One pass over the test split picks both the warmup requests and the smoke queries.
-        samples = sample_test_images(
-            summary.trained_on[-1], hierarchy, max(SMOKE_QUERIES, config.export.warmup_requests)
+    candidate, history, model_artifact = timed(
+        "train", tracked_train_stage, config, summary.trained_on, schema, hierarchy, tracker, decision_key, window
+    )
+    inputs = {"model": model_artifact, "trained_on": summary.trained_on}
+    with tracker.execution("evaluate", decision_key, inputs, decision_key, [model_artifact]) as execution:
+        timed("evaluate", evaluate_stage, config, candidate, history, summary, hierarchy, schema)
+        blessing = tracker.artifact(
+            "blessing",
+            os.path.join(summary.run_dir, "metrics.json"),
+            metrics={"blessed": summary.blessing["blessed"], **_headline(summary.metrics)},
         )
-        warmup = [image for _, _, image in samples[: config.export.warmup_requests]]
-        timed("export", export_stage, config, candidate, summary, hierarchy, warmup)
-        summary.answers = timed(
-            "smoke-query",
-            smoke_query,
-            config.model_base_path,
-            config.export.model_name,
-            samples[:SMOKE_QUERIES],
-            hierarchy,
+        execution.outputs = {
+            "blessed": summary.blessing["blessed"],
+            "baseline_version": summary.baseline_version,
+            "summary": ("BLESSED" if summary.blessing["blessed"] else "NOT BLESSED")
+            + f": {summary.blessing['reason']}",
+        }
+        execution.output_artifacts.append(blessing)
+    if not summary.blessing["blessed"]:
+        summary.outcome, summary.exit_code = "not blessed", EXIT_NOT_BLESSED
+        summary.outcome_message = summary.blessing["reason"]
+        return
+    # One pass over the test split picks both the warmup requests and the smoke queries.
+    samples = sample_test_images(summary.trained_on[-1], hierarchy, max(SMOKE_QUERIES, config.export.warmup_requests))
+    warmup = [image for _, _, image in samples[: config.export.warmup_requests]]
+    model_fingerprint = tracker.store.artifact(model_artifact).fingerprint if tracker.store else None
+    with tracker.execution("export", decision_key, inputs, decision_key, [model_artifact, blessing]) as execution:
+        timed("export", export_stage, config, candidate, summary, hierarchy, warmup, model_fingerprint)
+        execution.outputs = {"version": summary.version, "summary": f"version {summary.version} pushed"}
+        execution.output_artifacts.append(
+            tracker.artifact("pushed_version", summary.version_path, fingerprint=model_fingerprint)
         )
-    return summary
+    summary.outcome, summary.exit_code = "pushed", 0
+    summary.outcome_message = f"version {summary.version}"
+    summary.answers = timed(
+        "smoke-query", smoke_query, config.model_base_path, config.export.model_name, samples[:SMOKE_QUERIES], hierarchy
+    )
+
+
+def _headline(metrics: dict) -> dict:
+    return {k: metrics[k] for k in ("species_accuracy", "breed_top1_accuracy") if k in metrics}
+
+
+def window_artifacts(tfrecord_dirs: list[str], tracker) -> list[tuple[int | None, str]]:
+    """(artifact id, fingerprint) of each span's TFRecords in the training window."""
+    from pipeline import fingerprint
+
+    out = []
+    for directory in tfrecord_dirs:
+        digest = fingerprint.of_tree(directory, with_times=False)
+        out.append((tracker.artifact("span_tfrecords", directory, fingerprint=digest), digest))
+    return out
+
+
+def decision_key_of(config: PipelineConfig, hierarchy: Hierarchy, window_fingerprints: list[str]) -> str:
+    """Identifies the decision a run makes: these spans' TFRecords, trained, gated and exported with these
+    settings. Where the data and outputs live does not count."""
+    from pipeline import fingerprint
+
+    export = {k: v for k, v in to_dict(config.export).items() if k != "serving_dir"}
+    settings = {"train": to_dict(config.train), "export": export, "bless": to_dict(config.bless)}
+    settings["image_size"] = config.preprocess.image_size
+    return fingerprint.of_value([window_fingerprints, settings, hierarchy.breed_names])
+
+
+def nothing_to_do(config: PipelineConfig, tracker, decision_key: str) -> str | None:
+    """Why this run can stop now (the same decision was taken, and what it led to still holds), or None."""
+    from components.export import existing_versions
+
+    decided = tracker.completed("evaluate", decision_key)
+    if decided is None:
+        return None
+    outputs = json.loads(decided["outputs"])
+    served = existing_versions(config.model_base_path)
+    latest = served[-1] if served else None
+    if outputs["blessed"]:
+        pushed = tracker.completed("export", decision_key)
+        version = json.loads(pushed["outputs"])["version"] if pushed else None
+        if version is None or version != latest:
+            return None  # never pushed (killed before), or another version has been pushed since
+        return f"no new data or settings since run {decided['run_id']}; version {version} is serving"
+    if outputs["baseline_version"] != latest:
+        return None  # the served model changed: the candidate may compare differently now
+    return (
+        f"no new data or settings since run {decided['run_id']}, whose candidate was not blessed; "
+        f"version {latest} keeps serving"
+    )
+
+
+def tracked_train_stage(config: PipelineConfig, tfrecord_dirs, schema, hierarchy, tracker, decision_key, window):
+    """train_stage, recorded; a completed training with the same key (decision + warm-start weights) is reused:
+    its saved weights are loaded instead of training again. Returns (model, history, model artifact id)."""
+    from pipeline import fingerprint
+
+    warm = blessed_weights_path(config)
+    warm = warm if config.train.warm_start and os.path.exists(warm) else None
+    key = fingerprint.of_value([decision_key, fingerprint.of_file(warm) if warm else None])
+    saved = os.path.join(config.work_dir, "train", config.train.architecture, "trained", f"{key[:20]}.weights.h5")
+    inputs = {"spans": tfrecord_dirs, "warm_start": warm}
+    with tracker.execution("train", key, inputs, decision_key, [a for a, _ in window]) as execution:
+        previous = tracker.completed("train", key)
+        if previous is not None and os.path.exists(saved):
+            outputs = execution.reuse(previous)
+            if fingerprint.of_file(saved) == outputs["fingerprint"]:
+                log.info("train: reusing the model trained by run %d (%s)", previous["run_id"], saved)
+                model = build_model(config, hierarchy)
+                model.load_weights(saved)
+                execution.output_artifacts.append(tracker.artifact("model", saved, fingerprint=outputs["fingerprint"]))
+                return model, outputs["history"], execution.output_artifacts[-1]
+            execution.status, execution.reused = "complete", None
+        model, history = train_stage(config, tfrecord_dirs, schema, hierarchy)
+        os.makedirs(os.path.dirname(saved), exist_ok=True)
+        staging = saved.replace(".weights.h5", ".partial.weights.h5")  # Keras insists on the suffix
+        model.save_weights(staging)
+        os.replace(staging, saved)  # a killed run never leaves a half-written model under the final name
+        digest = fingerprint.of_file(saved)
+        epochs = len(next(iter(history.values()), []))
+        history = {k: [float(x) for x in v] for k, v in history.items()}
+        execution.outputs = {"weights": saved, "fingerprint": digest, "history": history,
+                             "summary": f"{epochs} epochs on {len(tfrecord_dirs)} span(s)"}  # fmt: skip
+        execution.output_artifacts.append(tracker.artifact("model", saved, fingerprint=digest))
+        return model, history, execution.output_artifacts[-1]
+
+
+def remove_stale_staging(model_base_path: str) -> list[str]:
+    """Staging directories of exports that never finished (TF Serving ignores them; they only take space)."""
+    import tensorflow as tf
+
+    from components.export import STAGING_PREFIX
+
+    if not tf.io.gfile.isdir(model_base_path):
+        return []
+    stale = [n.rstrip("/") for n in tf.io.gfile.listdir(model_base_path) if n.startswith(STAGING_PREFIX)]
+    for name in stale:
+        tf.io.gfile.rmtree(os.path.join(model_base_path, name))
+    return stale
+
+
+def version_of_model(model_base_path: str, model_fingerprint: str) -> int | None:
+    """The version whose export metadata names this model fingerprint, if any."""
+    import tensorflow as tf
+
+    from components.export import existing_versions
+
+    for version in reversed(existing_versions(model_base_path)):
+        path = os.path.join(model_base_path, str(version), "assets.extra", "petpipe.json")
+        try:
+            with tf.io.gfile.GFile(path) as f:
+                if json.load(f).get("model_fingerprint") == model_fingerprint:
+                    return version
+        except (tf.errors.OpError, ValueError):
+            continue  # no metadata (exported by something else) or unreadable: not ours
+    return None
+
+
+def build_model(config: PipelineConfig, hierarchy: Hierarchy):
+    """An untrained model of the configured architecture (to load saved weights into)."""
+    train = config.train
+    if train.architecture == "cascade":
+        from components.cascade import build_cascade
+
+        return build_cascade(hierarchy, config.preprocess.image_size, train.filters, train.dropout, train.backbone,
+                             train.backbone_weights, train.augment, train.seed)[0]  # fmt: skip
+    from components.model import build_multihead_model
+
+    return build_multihead_model(
+        hierarchy, config.preprocess.image_size, train.filters, train.dropout, train.backbone, train.backbone_weights
+    )
 
 
 def known_metric_names(hierarchy: Hierarchy, top_k: int) -> list[str]:
@@ -297,10 +485,22 @@ def evaluate_stage(config: PipelineConfig, model, history, summary: RunSummary, 
     )
 
 
-def export_stage(config: PipelineConfig, model, summary: RunSummary, hierarchy: Hierarchy, warmup: list[bytes]) -> None:
+def export_stage(
+    config: PipelineConfig,
+    model,
+    summary: RunSummary,
+    hierarchy: Hierarchy,
+    warmup: list[bytes],
+    model_fingerprint: str | None = None,
+) -> None:
     """Export the blessed candidate with warmup requests, register it in models.config, apply retention, and
-    keep its weights for the next run's warm start."""
+    keep its weights for the next run's warm start. Idempotent: a version already holding this model (a run
+    killed after its export) is not exported again."""
     from components.export import apply_retention, export_model, write_model_config
+
+    removed = remove_stale_staging(config.model_base_path)  # we hold the pipeline lock: nobody else is exporting
+    if removed:
+        log.info("export: removed %d staging directories left by an interrupted export", len(removed))
 
     metadata = {
         "config": to_dict(config),
@@ -309,18 +509,25 @@ def export_stage(config: PipelineConfig, model, summary: RunSummary, hierarchy: 
         "test_metrics": {k: v for k, v in summary.metrics.items() if not isinstance(v, (dict, list))},
         "blessing": summary.blessing,
         "run_dir": summary.run_dir,
+        "model_fingerprint": model_fingerprint,
     }
-    summary.version, summary.version_path = export_model(
-        model,
-        hierarchy,
-        config.model_base_path,
-        config.preprocess.image_size,
-        config.export.top_k,
-        metadata,
-        config.export.species_uncertainty_threshold,
-        warmup,
-        config.export.model_name,
-    )
+    existing = version_of_model(config.model_base_path, model_fingerprint) if model_fingerprint else None
+    if existing is not None:
+        log.info("export: version %d already holds this model (an earlier run exported it); not exporting again",
+                 existing)  # fmt: skip
+        summary.version, summary.version_path = existing, os.path.join(config.model_base_path, str(existing))
+    else:
+        summary.version, summary.version_path = export_model(
+            model,
+            hierarchy,
+            config.model_base_path,
+            config.preprocess.image_size,
+            config.export.top_k,
+            metadata,
+            config.export.species_uncertainty_threshold,
+            warmup,
+            config.export.model_name,
+        )
     summary.model_config = write_model_config(config.serving_dir, config.export.model_name, config.model_base_path)
     deleted = apply_retention(
         config.serving_dir, config.export.model_name, config.model_base_path, config.export.keep_versions

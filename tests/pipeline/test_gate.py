@@ -11,8 +11,9 @@ import pytest
 
 from components.export import existing_versions
 from datasources.synthetic_pets import make_dataset
-from pipeline.cli import EXIT_NOT_BLESSED, main
+from pipeline.cli import main
 from pipeline.config import load_config
+from pipeline.errors import EXIT_NOT_BLESSED
 from pipeline.run import run_pipeline
 
 QUICK = [
@@ -36,7 +37,8 @@ def gate_runs(tmp_path_factory):
         + [arg for item in QUICK for arg in ("--set", item)]
         + ["--set", "train.epochs=1", "--set", "train.learning_rate=1e-7", "--set", "train.warm_start=false"]
     )
-    better = run_pipeline(load_config(None, [*base, "train.epochs=12"]), [])  # warm-starts from the first
+    # Same data and settings as the first: without force this would be "nothing to do". Warm-starts from the first.
+    better = run_pipeline(load_config(None, [*base, "train.epochs=12"]), [], force=True)
     return root, first, worse_code, better
 
 
