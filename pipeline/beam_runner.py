@@ -51,23 +51,29 @@ def _local_fn_api_runner(options: PipelineOptions):
     from apache_beam.runners.portability.fn_api_runner import fn_runner
     from apache_beam.runners.portability.portable_runner import JobServiceHandle
 
-    # As SwitchingDirectRunner does: hand the options to the SDK workers (used by multi-process mode).
-    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+    # As SwitchingDirectRunner does: hand the options to the SDK workers (used by multi-process mode). Only those
+    # that differ from their defaults: a worker cannot parse all of them back (e.g. --direct_runner_use_stacked_bundle
+    # is only a --no_ flag) and warns about each, while it knows the defaults itself.
+    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options(drop_default=True))
     provision = fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
     return fn_runner.FnApiRunner(provision_info=provision)
 
 
-def _quiet_worker_processes_like_this_one(options: PipelineOptions) -> None:
-    """multi_processing SDK workers log at INFO on their own stderr, whatever this process's logging says; unless
-    the user chose --default_sdk_harness_log_level, they log Beam at the level this process logs Beam at."""
-    worker = options.view_as(WorkerOptions)
+def _worker_processes_log_beam_like_this_one(options: PipelineOptions) -> None:
+    """multi_processing SDK workers log to their own stderr, Beam's harness chatter at INFO, whatever this process
+    has configured. Where this process logs Beam above INFO (petpipe's CLI without -v does), they log Beam — and
+    their harness, which runs as __main__ — at that level too, unless the user set those loggers' levels with
+    --sdk_harness_log_level_overrides. The workers' root level (our own loggers) is left to Beam."""
     if options.view_as(DirectOptions).direct_running_mode != "multi_processing":
         return
-    if worker.default_sdk_harness_log_level is not None:
-        return
     level = logging.getLogger("apache_beam").getEffectiveLevel()
-    if level > logging.INFO:
-        worker.default_sdk_harness_log_level = logging.getLevelName(level)
+    if level <= logging.INFO:
+        return
+    worker = options.view_as(WorkerOptions)
+    overrides = dict(worker.sdk_harness_log_level_overrides or {})
+    for name in ("apache_beam", "__main__"):
+        overrides.setdefault(name, logging.getLevelName(level))
+    worker.sdk_harness_log_level_overrides = overrides
 
 
 def make_pipeline(beam_args: list[str] | None = None) -> beam.Pipeline:
@@ -75,7 +81,7 @@ def make_pipeline(beam_args: list[str] | None = None) -> beam.Pipeline:
     options = PipelineOptions(beam_args or [])
     runner = None
     if is_local_runner(options.view_as(StandardOptions).runner):
-        _quiet_worker_processes_like_this_one(options)
+        _worker_processes_log_beam_like_this_one(options)
         runner = _local_fn_api_runner(options)
     return beam.Pipeline(runner=runner, options=options)
 
