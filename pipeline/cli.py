@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 
 from pipeline.errors import PetpipeError
@@ -306,9 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="petpipe", description="Train and serve a species → breed pet classifier (Beam + TensorFlow)."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument(
-        "--log-format", choices=["text", "json"], default="text", help="json: one JSON object per line, for collectors"
-    )
+    _log_format_flag(parser, "text")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     make_data = commands.add_parser(
@@ -325,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _run_flags(run)
+    _log_format_flag(run, argparse.SUPPRESS)
     run.add_argument("--force", action="store_true", help="train, evaluate and maybe push even if nothing changed")
     schedule = commands.add_parser(
         "schedule",
@@ -334,15 +334,25 @@ def build_parser() -> argparse.ArgumentParser:
     schedule.add_argument("--every", required=True, help="interval between run starts: 90s, 15m, 24h, 1d")
     schedule.add_argument("--max-runs", type=int, default=0, help="stop after this many runs (default: never)")
     _run_flags(schedule)
+    _log_format_flag(schedule, argparse.SUPPRESS)
     schedule.set_defaults(force=False)
     history = commands.add_parser("history", help="the runs recorded in the run store, with their steps")
     _store_flags(history)
     history.add_argument("--limit", type=int, default=20, help="most recent runs to show (default 20)")
-    lineage = commands.add_parser("lineage", help="where a pushed version came from: span → TFRecords → model → blessing → push")
+    lineage = commands.add_parser(
+        "lineage", help="where a pushed version came from: span → TFRecords → model → blessing → push"
+    )
     lineage.add_argument("version", type=int, help="model version number in the serving directory")
     _store_flags(lineage)
     _add_serve(commands)
     return parser
+
+
+def _log_format_flag(parser, default) -> None:
+    """Before or after the command: `petpipe --log-format json run` and `petpipe run --log-format json`."""
+    parser.add_argument(
+        "--log-format", choices=["text", "json"], default=default, help="json: one JSON object per line, for collectors"
+    )
 
 
 def _store_flags(parser) -> None:
@@ -433,6 +443,10 @@ def _add_serve(commands) -> None:
     _client_flags(status, timeout=10.0)
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
     parser = build_parser()
@@ -440,6 +454,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown and args.command not in ("run", "schedule"):
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     _setup_logging(args.verbose, args.log_format)
+    if args.command in ("run", "schedule"):
+        # Schedulers stop jobs with SIGTERM: end like Ctrl-C, so the run is recorded as interrupted (exit 130).
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
         if args.command == "make-data":
             return _make_data(args)
@@ -459,6 +476,9 @@ def main(argv: list[str] | None = None) -> int:
     except PetpipeError as exc:
         print(f"petpipe: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # disk full, permissions, a vanished mount: say which file, not a traceback
+        print(f"petpipe: error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("petpipe: interrupted", file=sys.stderr)
         return 130

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from components.ingest import SPLITS
 from pipeline.config import DataConfig, PipelineConfig, to_dict
-from pipeline.errors import EXIT_NOT_BLESSED
+from pipeline.errors import EXIT_NOT_BLESSED, PetpipeError
 from schemas import IMAGE_ENCODED, IMAGE_FILENAME, LABEL_BREED, Hierarchy, load_hierarchy, schema_for
 
 log = logging.getLogger("petpipe")
@@ -208,6 +208,7 @@ def _run_stages(config: PipelineConfig, beam_args, summary: RunSummary, tracker,
         return result
 
     check_metric_names(config.bless, known_metric_names(hierarchy, config.export.top_k))  # before hours of work
+    check_serving_dir(config.model_base_path)
     summary.data_dir = timed("make-data", ensure_data, config.data, config.work_dir, hierarchy)
     summary.spans = timed(
         "ingest+preprocess", ingest_spans, config, summary.data_dir, hierarchy, schema, beam_args, tracker
@@ -251,7 +252,13 @@ def _run_stages(config: PipelineConfig, beam_args, summary: RunSummary, tracker,
     warmup = [image for _, _, image in samples[: config.export.warmup_requests]]
     model_fingerprint = tracker.store.artifact(model_artifact).fingerprint if tracker.store else None
     with tracker.execution("export", decision_key, inputs, decision_key, [model_artifact, blessing]) as execution:
-        timed("export", export_stage, config, candidate, summary, hierarchy, warmup, model_fingerprint)
+        try:
+            timed("export", export_stage, config, candidate, summary, hierarchy, warmup, model_fingerprint)
+        except OSError as exc:  # disk full, permissions, a vanished mount: the served versions were not touched
+            raise PetpipeError(
+                f"export to {config.model_base_path} failed: {exc}; nothing was pushed and the served model is "
+                "untouched; the next run retries (reusing the trained model)"
+            ) from None
         execution.outputs = {"version": summary.version, "summary": f"version {summary.version} pushed"}
         execution.output_artifacts.append(
             tracker.artifact("pushed_version", summary.version_path, fingerprint=model_fingerprint)
@@ -346,6 +353,21 @@ def tracked_train_stage(config: PipelineConfig, tfrecord_dirs, schema, hierarchy
                              "summary": f"{epochs} epochs on {len(tfrecord_dirs)} span(s)"}  # fmt: skip
         execution.output_artifacts.append(tracker.artifact("model", saved, fingerprint=digest))
         return model, history, execution.output_artifacts[-1]
+
+
+def check_serving_dir(model_base_path: str) -> None:
+    """Fail before any work when the serving directory cannot be written: a scheduled run should not train for an
+    hour to find out."""
+    import tensorflow as tf
+
+    try:
+        tf.io.gfile.makedirs(model_base_path)
+    except (tf.errors.OpError, OSError) as exc:
+        raise PetpipeError(
+            f"{model_base_path}: cannot create the model directory: {getattr(exc, 'message', exc)}"
+        ) from None
+    if "://" not in model_base_path and not os.access(model_base_path, os.W_OK):
+        raise PetpipeError(f"{model_base_path}: the model directory is not writable by this user")
 
 
 def remove_stale_staging(model_base_path: str) -> list[str]:

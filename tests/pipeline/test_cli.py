@@ -192,3 +192,25 @@ def test_predict_and_status_over_rest_with_retries_while_starting(exported_model
     assert over_rest["breed"] == over_grpc["breed"] and over_rest["top_k"] == over_grpc["top_k"]
     assert status == f"pets version {exported_model[1]}: AVAILABLE"
     assert "HTTP 404: Servable not found for request: Latest(cats)" in error
+
+
+def test_log_format_json_before_or_after_the_command():
+    from pipeline.cli import build_parser
+
+    for argv in (["--log-format", "json", "run"], ["run", "--log-format", "json"], ["schedule", "--every", "1h",
+                 "--log-format", "json"]):  # fmt: skip
+        args, unknown = build_parser().parse_known_args(argv)
+        assert args.log_format == "json" and unknown == []
+    assert build_parser().parse_known_args(["run"])[0].log_format == "text"
+
+
+def test_json_log_lines_carry_time_level_logger_and_message():
+    import json
+    import logging
+
+    from pipeline.cli import JsonLines
+
+    record = logging.LogRecord("petpipe", logging.WARNING, __file__, 1, "span %d: %s", (2, "drift"), None)
+    entry = json.loads(JsonLines().format(record))
+    assert entry["level"] == "WARNING" and entry["logger"] == "petpipe" and entry["message"] == "span 2: drift"
+    assert entry["time"].endswith("+00:00")
