@@ -7,6 +7,10 @@ routing (species decides which breed model answers) happens in the served graph 
 components.model.hierarchical_answer. Every breed model runs on every image: a fixed-shape output per head is
 what the serving signature and the joint p(species)·p(breed | species) need, and it is also what the seed's
 "one call answers everything" comparison is about — the cascade pays three backbones per image.
+
+With a tf.distribute strategy (train.distribute) every sub-model is built, compiled and fitted under its scope,
+like the multi-head model in components/train.py; with several replicas each sub-model's train batches drop
+their last partial batch (see there why).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from components import distribute
 from components.model import (
     SPECIES_HEAD,
     MaskedSparseCategoricalCrossentropy,
@@ -24,7 +29,15 @@ from components.model import (
     build_backbone,
     with_augmentation,
 )
-from components.train import balanced_class_weights, fingerprint_of, fit, training_data, warm_start
+from components.train import (
+    balanced_class_weights,
+    fingerprint_of,
+    fit,
+    setup_strategy,
+    strategy_scope,
+    training_data,
+    warm_start,
+)
 from pipeline.config import TrainConfig
 from schemas import Hierarchy
 
@@ -90,12 +103,20 @@ def _species_counts(batches: tf.data.Dataset, num_species: int) -> np.ndarray:
     return counts
 
 
-def _breed_batches(batches: tf.data.Dataset, species_index: int, head: str, count: int, batch_size: int):
-    """(image, breed label of `head`) batches of one species; the known size lets Keras and the LR schedule see
-    where an epoch ends, which a filtered dataset no longer reports."""
+def _batches(examples: tf.data.Dataset, count: int, batch_size: int, drop_remainder: bool) -> tf.data.Dataset:
+    """Batches of `count` unbatched examples with their number declared: the known size lets Keras and the LR
+    schedule see where an epoch ends, which a filtered dataset no longer reports."""
+    steps = count // batch_size if drop_remainder else -(-count // batch_size)
+    batches = examples.batch(batch_size, drop_remainder=drop_remainder)
+    return batches.apply(tf.data.experimental.assert_cardinality(steps)).prefetch(tf.data.AUTOTUNE)
+
+
+def _breed_batches(
+    batches: tf.data.Dataset, species_index: int, head: str, count: int, batch_size: int, drop_remainder=False
+):
+    """(image, breed label of `head`) batches of the `count` examples of one species."""
     subset = species_examples(batches, species_index).map(lambda image, labels: (image, labels[head]))
-    steps = -(-count // batch_size)
-    return subset.batch(batch_size).apply(tf.data.experimental.assert_cardinality(steps)).prefetch(tf.data.AUTOTUNE)
+    return _batches(subset, count, batch_size, drop_remainder)
 
 
 def _compile(model: keras.Model, loss, learning_rate: float, epochs: int, steps_per_epoch: int) -> None:
@@ -117,10 +138,23 @@ def train_cascade(
     log=print,
     run_dir: str | None = None,
     warm_start_weights: str | None = None,
+    strategy: str | tf.distribute.Strategy | None = "none",
 ) -> tuple[keras.Model, dict]:
     """Fit the species model on all train examples and each breed model on its species' examples, config.epochs
-    each; (combined model, history with keys prefixed by the sub-model, e.g. 'cat_breed/val_loss')."""
+    each; (combined model, history with keys prefixed by the sub-model, e.g. 'cat_breed/val_loss').
+    `strategy`: none | mirrored | multiworker | auto, or a tf.distribute.Strategy (components/distribute.py)."""
     keras.utils.set_random_seed(config.seed)
+    strategy = setup_strategy(config, strategy, log)
+    with strategy_scope(strategy):
+        return _train_cascade(
+            config, tfrecord_dirs, schema, hierarchy, image_size, log, run_dir, warm_start_weights, strategy
+        )
+
+
+def _train_cascade(config, tfrecord_dirs, schema, hierarchy, image_size, log, run_dir, warm_start_weights, strategy):
+    # The train batches are filtered and re-batched per sub-model, so they keep every example here; with several
+    # replicas, each sub-model's batching drops its own last partial batch.
+    drop = distribute.replicas(strategy) > 1
     train, validation = training_data(config, tfrecord_dirs, schema, hierarchy, image_size)
     combined, models = build_cascade(
         hierarchy,
@@ -139,29 +173,40 @@ def train_cascade(
     train_counts = _species_counts(train, num_species)
     val_counts = _species_counts(validation, num_species) if validation is not None else np.zeros(num_species, int)
 
+    def species_labels(image, labels):
+        return image, labels[SPECIES_HEAD]
+
+    if drop:
+        species_train = _batches(train.unbatch().map(species_labels), int(train_counts.sum()), config.batch_size, True)
+    else:
+        species_train = train.map(species_labels)
     jobs = [
         (
             SPECIES_HEAD,
-            train.map(lambda image, labels: (image, labels[SPECIES_HEAD])),
-            None if validation is None else validation.map(lambda image, labels: (image, labels[SPECIES_HEAD])),
+            species_train,
+            None if validation is None else validation.map(species_labels),
             keras.losses.SparseCategoricalCrossentropy(),
-            int(train.cardinality()),
+            int(species_train.cardinality()),
         )
     ]
     for i, species in enumerate(hierarchy.species):
         head = breed_head(species)
         n_train, n_val = int(train_counts[i]), int(val_counts[i])
-        sub_train = _breed_batches(train, i, head, n_train, config.batch_size) if n_train else None
+        sub_train = _breed_batches(train, i, head, n_train, config.batch_size, drop) if n_train else None
         sub_val = _breed_batches(validation, i, head, n_val, config.batch_size) if n_val else None
         # The masked loss with no -1 labels is the class-weighted mean CE, normalised like the multi-head breed loss.
         loss = MaskedSparseCategoricalCrossentropy(class_weights.get(species))
-        jobs.append((head, sub_train, sub_val, loss, -(-n_train // config.batch_size)))
+        steps = n_train // config.batch_size if drop else -(-n_train // config.batch_size)
+        jobs.append((head, sub_train, sub_val, loss, steps))
 
     history = {}
     for head, sub_train, sub_val, loss, steps in jobs:
         model = models[head]
         if sub_train is None:
             log(f"  {head}: no train examples of this species; left untrained")
+            continue
+        if not steps:  # several replicas: whole batches only
+            log(f"  {head}: fewer train examples than one global batch of {config.batch_size}; left untrained")
             continue
         log(f"  {head}: {model.count_params():,} parameters, {steps} steps per epoch")
         _compile(model, loss, config.learning_rate, config.epochs, steps)

@@ -13,6 +13,21 @@ carries the error and answers for a blank image. Label names are read from asset
 
 The version is written under a staging name that TF Serving ignores (not an integer) and renamed into place,
 so a watching server never sees a partial model.
+
+All files go through tf.io.gfile, so the serving directory may be a gs://, s3://, hdfs://, ... URL. Claiming a
+version number differs by filesystem:
+  * local paths: os.rename(staging, <version>) — atomic, and it fails when another export already took that
+    number, so concurrent exports (retrying with the next number) can never mix their files;
+  * URLs: object stores have no directories and no atomic rename (tf.io.gfile.rename of a "directory" on gs:// or
+    s3:// copies and deletes object by object), so the staged files are moved one by one with
+    tf.io.gfile.rename(overwrite=False): assets.extra/petpipe.json first — it fails if the number is taken, the
+    claim — and saved_model.pb last, so saved_model.pb present ⇒ the whole version present. A watcher (TF
+    Serving polls remote base paths the same way) can still see the version directory before saved_model.pb
+    arrives; it then finds no SavedModel yet and retries its load (TF Serving: --max_num_load_retries). The
+    claim is check-then-write, not atomic: two exports racing for the same number on an object store can mix
+    files, so run one exporter per model base path there (the pipeline's chief).
+The vocabulary files that become the SavedModel's assets/ are written to a local temporary directory first:
+tf.saved_model.save copies them into the (possibly remote) export through gfile.
 """
 
 from __future__ import annotations
@@ -20,12 +35,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import tempfile
 import uuid
 
 import tensorflow as tf
 
+from components import fileio
 from components.model import SPECIES_HEAD, breed_head, hierarchical_answer
 from components.preprocess import decode_and_resize
 from schemas import IMAGE_ENCODED, Hierarchy
@@ -185,7 +200,7 @@ def write_model_config(serving_dir: str, model_name: str, model_base_path: str) 
     config = read_model_config(serving_dir)
     entries = config.model_config_list.config
     entry = next((c for c in entries if c.name == model_name), None) or entries.add(name=model_name)
-    entry.base_path = os.path.abspath(model_base_path)
+    entry.base_path = fileio.absolute(model_base_path)
     entry.model_platform = "tensorflow"
     if not entry.HasField("model_version_policy"):
         entry.model_version_policy.latest.num_versions = 1
@@ -211,7 +226,7 @@ def apply_retention(serving_dir: str, model_name: str, model_base_path: str, kee
     }
     doomed = [v for v in versions[:-keep] if v not in labelled]
     for version in doomed:
-        shutil.rmtree(os.path.join(model_base_path, str(version)))
+        tf.io.gfile.rmtree(os.path.join(model_base_path, str(version)))
     return doomed
 
 
@@ -229,11 +244,9 @@ def export_model(
     """Save a new version atomically; returns (version, path). Versions increase strictly: max existing + 1."""
     tf.io.gfile.makedirs(model_base_path)
     staging = os.path.join(model_base_path, f"{STAGING_PREFIX}{uuid.uuid4().hex}")
-    with tempfile.TemporaryDirectory() as vocab_dir:
-        with open(os.path.join(vocab_dir, "breeds.txt"), "w") as f:
-            f.write("".join(f"{name}\n" for name in hierarchy.breed_names))
-        with open(os.path.join(vocab_dir, "species.txt"), "w") as f:
-            f.write("".join(f"{name}\n" for name in hierarchy.species))
+    with tempfile.TemporaryDirectory() as vocab_dir:  # local scratch: saving copies the files into assets/
+        fileio.write_text(os.path.join(vocab_dir, "breeds.txt"), "".join(f"{n}\n" for n in hierarchy.breed_names))
+        fileio.write_text(os.path.join(vocab_dir, "species.txt"), "".join(f"{n}\n" for n in hierarchy.species))
         module = ServingModule(model, hierarchy, image_size, top_k, vocab_dir, uncertainty_threshold)
         signatures = {
             DEFAULT_SIGNATURE: module.serve_image_bytes.get_concrete_function(),
@@ -242,7 +255,7 @@ def export_model(
         try:
             tf.saved_model.save(module, staging, signatures=signatures)
         except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
+            fileio.rmtree(staging, ignore_errors=True)
             raise
     extra = os.path.join(staging, "assets.extra")
     tf.io.gfile.makedirs(extra)
@@ -250,14 +263,51 @@ def export_model(
         f.write(json.dumps(metadata or {}, indent=2, sort_keys=True, default=str))
     if warmup_images:
         write_warmup_requests(staging, model_name, warmup_images)
-    # rename() onto an existing directory fails, so a concurrent export that took the same number retries.
+    # The claim fails when the number is taken, so a concurrent export that took the same number retries.
     for _ in range(100):
         version = max(existing_versions(model_base_path), default=0) + 1
         path = os.path.join(model_base_path, str(version))
         try:
-            os.rename(staging, path)
+            _claim(staging, path)
             return version, path
         except OSError:
-            if not os.path.exists(path):
+            if not tf.io.gfile.exists(path):
                 raise
     raise RuntimeError(f"{model_base_path}: could not claim a version number")
+
+
+CLAIM_FILE = os.path.join("assets.extra", "petpipe.json")  # moved first on object stores: the claim
+LAST_FILE = "saved_model.pb"  # moved last: once it is there, so is the rest of the version
+
+
+def _claim(staging: str, path: str) -> None:
+    """Move the staged export to `path`; OSError (FileExistsError when taken) if `path` already exists. Local:
+    one atomic os.rename. URLs: file by file with gfile (see the module docstring), claim file first."""
+    if not fileio.is_remote(path):
+        os.rename(staging, path)  # atomic; fails onto an existing non-empty directory
+        return
+    dirs, files = [], []
+    for directory, _, names in fileio.walk(staging):
+        rel = os.path.relpath(directory, staging)
+        dirs.append("" if rel == os.curdir else rel)
+        files += [os.path.join(dirs[-1], name) for name in names]
+    files.sort(key=lambda rel: (rel != CLAIM_FILE, rel == LAST_FILE, rel))
+    if CLAIM_FILE not in files:
+        raise FileNotFoundError(f"{staging}: no {CLAIM_FILE} to claim the version with")
+
+    def move(rel: str) -> None:
+        tf.io.gfile.makedirs(os.path.dirname(os.path.join(path, rel)))
+        with fileio.os_errors(os.path.join(path, rel)):
+            tf.io.gfile.rename(os.path.join(staging, rel), os.path.join(path, rel), overwrite=False)
+
+    if tf.io.gfile.exists(path):
+        raise FileExistsError(f"{path}: version taken")
+    move(CLAIM_FILE)  # AlreadyExistsError → FileExistsError when another export got here first: nothing moved
+    for rel in dirs:  # empty directories too, where the filesystem has directories
+        tf.io.gfile.makedirs(os.path.join(path, rel))
+    for rel in files[1:]:
+        try:
+            move(rel)
+        except OSError as exc:
+            raise RuntimeError(f"{path}: version claimed but {rel} could not be moved in: {exc}") from exc
+    fileio.rmtree(staging, ignore_errors=True)

@@ -15,6 +15,9 @@ sources without a test list hash `test_fraction` of keys into test as well.
 
 Pure core: parse_oxford_line / read_oxford_annotations, assign_split, resolve_duplicates, label_record,
 read_image_bytes. Beam shell: IngestRecords (group by image key, resolve, read).
+
+Files are read through tf.io.gfile (components/fileio.py), so the data directory may be gs://, s3://, ... as well
+as a local path; TensorFlow is imported only when a file is read.
 """
 
 from __future__ import annotations
@@ -96,8 +99,10 @@ def parse_oxford_line(line: str, source: str, line_no: int, images_dir: str, eva
 
 def read_oxford_annotations(path: str, images_dir: str, eval_fraction: float) -> list:
     """Every record and quarantine entry of one annotation file (BOM, CRLF, blank lines and spaces tolerated)."""
+    from components import fileio  # imports TensorFlow: only when files are read
+
     try:
-        with open(path, encoding="utf-8-sig", errors="replace") as f:
+        with fileio.open_text(path, encoding="utf-8-sig", errors="replace") as f:
             lines = f.read().splitlines()
     except OSError as exc:
         raise DataError(f"{path}: cannot read annotation file: {exc.strerror}") from None
@@ -107,23 +112,29 @@ def read_oxford_annotations(path: str, images_dir: str, eval_fraction: float) ->
 
 def check_layout(data_dir: str) -> list[str]:
     """The Oxford annotation files to read; DataError naming what is missing when the layout is wrong."""
-    if not os.path.isdir(data_dir):
+    import tensorflow as tf
+
+    from components import fileio
+
+    if not tf.io.gfile.isdir(data_dir):
         raise DataError(f"{data_dir}: data directory not found (expected images/ and annotations/ inside)")
     images_dir = os.path.join(data_dir, "images")
-    if not os.path.isdir(images_dir) or not os.listdir(images_dir):
+    if not tf.io.gfile.isdir(images_dir) or not fileio.listdir(images_dir):
         raise DataError(f"{images_dir}: missing or empty; expected the Oxford-IIIT Pet images/<Image>.jpg files")
     paths = [os.path.join(data_dir, "annotations", name) for name in ANNOTATION_FILES]
     for path in paths:
-        if not os.path.isfile(path):
+        if not fileio.isfile(path):
             raise DataError(f"{path}: annotation file not found")
-        if os.path.getsize(path) == 0:
+        if fileio.getsize(path) == 0:
             raise DataError(f"{path}: annotation file is empty")
     return paths
 
 
 def image_stems(images_dir: str) -> list[str]:
     """Names (without .jpg) of the files in an Oxford images/ directory; other files (e.g. .mat) are not images."""
-    return sorted(name[:-4] for name in os.listdir(images_dir) if name.endswith(".jpg"))
+    from components import fileio
+
+    return sorted(name[:-4] for name in fileio.listdir(images_dir) if name.endswith(".jpg"))
 
 
 # --- split and label -------------------------------------------------------------------------------------------
@@ -196,12 +207,13 @@ def resolve_duplicates(key: str, records: list[SourceRecord]) -> tuple[SourceRec
 
 def read_image_bytes(record: SourceRecord) -> bytes:
     """The record's image bytes; Rejected (missing, unreadable, empty) naming the file."""
+    from components import fileio
+
     if record.image_bytes is not None:
         data = record.image_bytes
     else:
         try:
-            with open(record.image_path, "rb") as f:
-                data = f.read()
+            data = fileio.read_bytes(record.image_path)
         except FileNotFoundError:
             raise Rejected(rec.MISSING_FILE, f"{record.image_path}: no such file") from None
         except OSError as exc:

@@ -109,6 +109,12 @@ class MaskedSparseCategoricalCrossentropy(keras.losses.Loss):
     A -1 label contributes exactly zero loss and zero gradient, and the head's loss is averaged over its valid
     labels only — not over the batch, which would shrink a head's loss with the share of other species.
     `class_weights` (w, default all 1) re-weights imbalanced breeds.
+
+    Under a tf.distribute strategy with N > 1 replicas, each replica sees 1/N of the global batch and the
+    replicas' gradients are summed. Keras divides its own losses by N for that, but leaves a loss that is
+    already a scalar (this one) alone — so here the denominator is summed over all replicas instead: each
+    replica returns Σ_local w·CE / Σ_global w, and the replicas' losses add up to exactly the weighted mean over
+    the global batch, however the valid labels are spread over the replicas.
     """
 
     def __init__(self, class_weights=None, name="masked_sparse_categorical_crossentropy", **kwargs):
@@ -125,7 +131,11 @@ class MaskedSparseCategoricalCrossentropy(keras.losses.Loss):
             weights = tf.ones_like(per_example)
         else:
             weights = tf.gather(tf.constant(self.class_weights, per_example.dtype), labels)
-        return tf.math.divide_no_nan(tf.reduce_sum(weights * per_example), tf.reduce_sum(weights))
+        total_weight = tf.reduce_sum(weights)
+        replica = tf.distribute.get_replica_context()  # None in cross-replica context (e.g. Keras's symbolic build)
+        if replica is not None and replica.num_replicas_in_sync > 1:
+            total_weight = replica.all_reduce(tf.distribute.ReduceOp.SUM, tf.stop_gradient(total_weight))
+        return tf.math.divide_no_nan(tf.reduce_sum(weights * per_example), total_weight)
 
     def get_config(self):
         return {**super().get_config(), "class_weights": self.class_weights}

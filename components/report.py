@@ -3,11 +3,14 @@
 Plots use matplotlib's object API (`matplotlib.figure.Figure`), which renders through Agg when saving to PNG and
 keeps no global figure registry, so nothing leaks between reports and no pyplot backend has to be chosen.
 Every section tolerates missing input: it is left out with a short note, so partial metrics still give a page.
+The output directory may be a gs://, s3://, ... URL: plots are rendered into memory and every file is written
+through tf.io.gfile (components/fileio.py).
 """
 
 from __future__ import annotations
 
 import html
+import io
 import json
 import math
 import os
@@ -66,12 +69,16 @@ def write_report(
     extra: dict | None = None,
 ) -> str:
     """Write index.html and its PNG plots into `out_dir`; return the path of index.html."""
-    os.makedirs(out_dir, exist_ok=True)
+    import tensorflow as tf
+
+    from components import fileio
+
+    tf.io.gfile.makedirs(out_dir)
     # A reused directory may hold plots of an earlier run that this run skips; remove them so none goes stale.
     for name in IMAGES:
         path = os.path.join(out_dir, name)
-        if os.path.exists(path):
-            os.remove(path)
+        if tf.io.gfile.exists(path):
+            tf.io.gfile.remove(path)
     metrics = metrics or {}
 
     plots: list[tuple[str, str, Callable[[], Figure]]] = [
@@ -115,7 +122,9 @@ def write_report(
         except _Skip as skip:
             figures.append(_note(f"{name[:-4].replace('_', ' ').capitalize()}: {skip}"))
             continue
-        fig.savefig(os.path.join(out_dir, name), dpi=DPI)
+        png = io.BytesIO()
+        fig.savefig(png, format="png", dpi=DPI)
+        fileio.write_bytes(os.path.join(out_dir, name), png.getvalue())
         figures.append(
             f'<figure><img src="{_e(name)}" alt="{_e(caption)}"><figcaption>{_e(caption)}</figcaption></figure>'
         )
@@ -140,9 +149,8 @@ def write_report(
     index = os.path.join(out_dir, INDEX)
     # Write then rename, so a reader never opens a half-written page.
     tmp = index + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(page)
-    os.replace(tmp, index)
+    fileio.write_text(tmp, page)
+    fileio.replace(tmp, index)
     return index
 
 

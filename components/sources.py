@@ -4,6 +4,9 @@ Each reader is pure (no Beam) and yields SourceRecord per image, carrying labels
 them; checking them against the hierarchy is the label stage's job. A row that cannot be parsed at all becomes
 a Quarantined entry (stage "parse", reason MALFORMED_LINE). Problems with the source as a whole (missing root,
 missing header column, TFDS data set not prepared) raise DataError when the reader is created, not mid-run.
+
+Files are listed and read through tf.io.gfile (components/fileio.py): roots, manifests and the image paths in
+them may be gs://, s3://, ... URLs as well as local paths. TensorFlow is imported only when a file is touched.
 """
 
 from __future__ import annotations
@@ -45,19 +48,25 @@ class ClassFolders:
     """
 
     def __init__(self, root: str):
-        if not os.path.isdir(root):
+        import tensorflow as tf
+
+        from components import fileio
+
+        if not tf.io.gfile.isdir(root):
             raise DataError(f"{root}: class-folder root not found (expected <species>/<breed>/<image> inside)")
-        self.root = os.path.abspath(root)
+        self.root = fileio.absolute(root)
         self.skipped: list[tuple[str, str]] = []
 
     def __iter__(self) -> Iterator[SourceRecord | Quarantined]:
+        from components import fileio
+
         self.skipped = []
 
         def unlistable(exc: OSError) -> None:
             self.skipped.append((exc.filename, f"cannot list directory: {exc.strerror}"))
 
-        for directory, dirnames, filenames in os.walk(self.root, onerror=unlistable):
-            dirnames.sort()  # os.walk visits subdirectories in this list's order: sorting makes the run repeatable
+        for directory, dirnames, filenames in fileio.walk(self.root, onerror=unlistable):
+            dirnames.sort()  # walk visits subdirectories in this list's order: sorting makes the run repeatable
             rel_dir = os.path.relpath(directory, self.root)
             parts = [] if rel_dir == os.curdir else rel_dir.split(os.sep)
             for filename in sorted(filenames):
@@ -119,9 +128,11 @@ def _is_blank(cells: list[str]) -> bool:
 
 
 def _open_manifest(path: str) -> io.TextIOBase:
+    from components import fileio
+
     try:
         # utf-8-sig drops a BOM; newline="" lets the csv module handle CRLF and quoted newlines.
-        return open(path, encoding="utf-8-sig", newline="")
+        return fileio.open_text(path, encoding="utf-8-sig", newline="")
     except OSError as exc:
         raise DataError(f"{path}: cannot open CSV manifest: {exc.strerror}") from None
 
@@ -168,8 +179,20 @@ def read_csv_manifest(path: str) -> Iterator[SourceRecord | Quarantined]:
     return _manifest_records(path, _manifest_header(path))
 
 
+def _image_path(base_dir: str, path: str) -> str:
+    """Where a manifest's image `path` is: a URL or absolute path as written, a relative one under base_dir."""
+    if "://" in path or os.path.isabs(path):
+        return path
+    if "://" in base_dir:  # normpath would fold the "//" of the URL
+        scheme, rest = base_dir.split("://", 1)
+        return f"{scheme}://{posixpath.normpath(posixpath.join(rest, path))}"
+    return os.path.normpath(os.path.join(base_dir, path))
+
+
 def _manifest_records(path: str, header: _ManifestHeader) -> Iterator[SourceRecord | Quarantined]:
-    base_dir = os.path.dirname(os.path.abspath(path))
+    from components import fileio
+
+    base_dir = os.path.dirname(fileio.absolute(path))
 
     def quarantined(key: str, where: Provenance, message: str) -> Quarantined:
         return Quarantined(key, where, DEFAULT_QUARANTINE_SPLIT, STAGE_PARSE, MALFORMED_LINE, message)
@@ -196,7 +219,7 @@ def _manifest_records(path: str, header: _ManifestHeader) -> Iterator[SourceReco
                 if empty:
                     yield quarantined(key, where, f"empty or missing field(s) {', '.join(map(repr, empty))}")
                     continue
-                image_path = key if os.path.isabs(key) else os.path.normpath(os.path.join(base_dir, key))
+                image_path = _image_path(base_dir, values["path"] if "://" in values["path"] else key)
                 yield SourceRecord(
                     key, where, species_name=values["species"], breed_name=values["breed"], image_path=image_path
                 )
