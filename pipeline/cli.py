@@ -128,13 +128,28 @@ def run_config(args):
 def _run(args, beam_args: list[str]) -> int:
     from pipeline.run import run_pipeline
 
-    summary = run_pipeline(run_config(args), beam_args, force=args.force)
+    config = run_config(args)
+    check_distribute(config.train.distribute)
+    summary = run_pipeline(config, beam_args, force=args.force)
     if summary.outcome == "nothing to do":
         print(f"petpipe run: nothing to do: {summary.outcome_message}")
         return 0
     verdict = "done" if summary.exit_code == 0 else "done, candidate NOT blessed"
     print("\n".join(["", f"petpipe run: {verdict}"] + summary.lines()))
     return summary.exit_code
+
+
+def check_distribute(distribute: str) -> None:
+    """petpipe run trains in one process: with no strategy or MirroredStrategy over the local devices. Worker tasks
+    of a MultiWorkerMirroredStrategy must all train together, which a whole pipeline run per task cannot do yet."""
+    from components.distribute import resolve
+
+    if resolve(distribute) == "multiworker":
+        raise PetpipeError(
+            f"train.distribute={distribute}: petpipe run does not coordinate worker tasks yet (every task would run "
+            "the data stage and the export); call components.train.train_model(..., strategy='multiworker') in each "
+            "task with TF_CONFIG set, or use train.distribute=mirrored"
+        )
 
 
 def _schedule(args, beam_args: list[str]) -> int:

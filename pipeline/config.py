@@ -72,6 +72,9 @@ class TrainConfig:
     class_weights: bool = True  # balanced per-breed weights in the breed losses, from the train statistics
     early_stopping_patience: int = 5  # epochs without val_loss improvement before stopping; 0 = off
     resume: bool = True  # continue an interrupted training from its last epoch checkpoint
+    # tf.distribute: none | mirrored (all local GPUs, or logical CPUs) | multiworker | auto (multiworker when
+    # TF_CONFIG lists more than one worker). petpipe run trains with none or mirrored; see the README for multiworker.
+    distribute: str = "none"
     warm_start: bool = True  # start from the blessed model's weights when its architecture matches
 
 
@@ -235,6 +238,10 @@ def validate(config: PipelineConfig) -> None:
         (config.preprocess.num_shards >= 1, "preprocess.num_shards must be at least 1"),
         (config.train.epochs >= 1, "train.epochs must be at least 1"),
         (config.train.span_window >= 1, "train.span_window must be at least 1"),
+        (
+            config.train.distribute in ("none", "mirrored", "multiworker", "auto"),
+            f"train.distribute must be none, mirrored, multiworker or auto, got {config.train.distribute!r}",
+        ),
         (config.train.batch_size >= 1, "train.batch_size must be at least 1"),
         (config.train.learning_rate > 0, "train.learning_rate must be positive"),
         (len(config.train.filters) >= 1, "train.filters needs at least one width"),

@@ -16,10 +16,12 @@ import json
 import logging
 import os
 import re
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 
+import tensorflow as tf
+
+from components import fileio
 from components.ingest import SPLITS
 from pipeline.config import DataConfig, PipelineConfig, to_dict
 from pipeline.errors import ConfigError, DataError, DataThresholdError, ValidationError
@@ -53,9 +55,9 @@ class SpanResult:
 # --- spans -----------------------------------------------------------------------------------------------------
 def available_spans(input_base: str) -> list[int]:
     """Span numbers of the `span-<N>` subdirectories of `input_base`; [] when it has none (or is a file)."""
-    if not os.path.isdir(input_base):
+    if not tf.io.gfile.isdir(input_base):
         return []
-    return sorted(int(m.group(1)) for name in os.listdir(input_base) if (m := SPAN_DIR.match(name)))
+    return sorted(int(m.group(1)) for name in fileio.listdir(input_base) if (m := SPAN_DIR.match(name.rstrip("/"))))
 
 
 def select_spans(available: list[int], spec: str) -> list[int]:
@@ -77,17 +79,19 @@ def select_spans(available: list[int], spec: str) -> list[int]:
 
 def load_spans(work_dir: str) -> dict[int, dict]:
     path = os.path.join(work_dir, SPANS_FILE)
-    if not os.path.exists(path):
+    if not fileio.isfile(path):
         return {}
-    with open(path) as f:
-        return {int(k): v for k, v in json.load(f).items()}
+    return {int(k): v for k, v in _read_json(path).items()}
+
+
+def _read_json(path: str):
+    return json.loads(fileio.read_bytes(path))
 
 
 def _save_spans(work_dir: str, spans: dict[int, dict]) -> None:
     tmp = os.path.join(work_dir, SPANS_FILE + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump({str(k): v for k, v in sorted(spans.items())}, f, indent=2)
-    os.replace(tmp, os.path.join(work_dir, SPANS_FILE))
+    fileio.write_text(tmp, json.dumps({str(k): v for k, v in sorted(spans.items())}, indent=2))
+    fileio.replace(tmp, os.path.join(work_dir, SPANS_FILE))
 
 
 def record_span(work_dir: str, result: SpanResult, source: str) -> None:
@@ -142,12 +146,12 @@ def _read_source(pipeline, data: DataConfig, data_dir: str | None):
         listing = pipeline | "ListImages" >> beam.Create(ingest.image_stems(images_dir))
         return parsed, listing
     if data.source == "folders":
-        if not os.path.isdir(data_dir):
+        if not tf.io.gfile.isdir(data_dir):
             raise DataError(f"{data_dir}: class-folder root not found (expected <species>/<breed>/*.jpg)")
         return pipeline | "Root" >> beam.Create([data_dir]) | "ListFolders" >> beam.FlatMap(_folder_records), None
     if data.source == "csv":
-        manifest = os.path.join(data_dir, "manifest.csv") if os.path.isdir(data_dir) else data_dir
-        if not os.path.isfile(manifest):
+        manifest = os.path.join(data_dir, "manifest.csv") if tf.io.gfile.isdir(data_dir) else data_dir
+        if not fileio.isfile(manifest):
             raise DataError(f"{manifest}: CSV manifest not found (columns path,species,breed)")
         return pipeline | "Manifest" >> beam.Create([manifest]) | "ReadManifest" >> beam.FlatMap(
             sources.read_csv_manifest
@@ -160,8 +164,7 @@ def _read_source(pipeline, data: DataConfig, data_dir: str | None):
 
 
 def _write_json(value, path: str) -> None:
-    with open(path, "w") as f:
-        json.dump(value, f, indent=1)
+    fileio.write_text(path, json.dumps(value, indent=1))  # runs on a Beam worker: gfile reaches gs:// from there
 
 
 def run_span_job(
@@ -176,9 +179,9 @@ def run_span_job(
     from pipeline.beam_runner import make_pipeline, user_error
 
     data, pre = config.data, config.preprocess
-    out_dir = os.path.abspath(os.path.join(config.tfrecord_root, f"span-{span}"))  # spans.json: usable from any cwd
+    out_dir = fileio.absolute(os.path.join(config.tfrecord_root, f"span-{span}"))  # spans.json: usable from any cwd
     staging = out_dir + ".staging"
-    shutil.rmtree(staging, ignore_errors=True)
+    fileio.rmtree(staging, ignore_errors=True)
     pipeline = make_pipeline(beam_args)
     runner = type(pipeline.runner).__name__
     log.info("ingest+preprocess: span %d from %s (Beam %s)", span, data_dir or data.source, runner)
@@ -204,7 +207,7 @@ def run_span_job(
                 | "WriteStatistics" >> beam.Map(_write_json, os.path.join(staging, "statistics.json"))
             )
     except Exception as exc:
-        shutil.rmtree(staging, ignore_errors=True)
+        fileio.rmtree(staging, ignore_errors=True)
         error = user_error(exc)
         if error is None:
             raise
@@ -225,8 +228,13 @@ def run_span_job(
         duplicate_lines=int(counters.get("duplicate_lines", 0)),
     )
     write_schema(schema, os.path.join(staging, "schema.pbtxt"))
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.rename(staging, out_dir)
+    fileio.rmtree(out_dir, ignore_errors=True)
+    # Atomic on a local disk; on an object store a directory rename copies object by object — spans.json, which
+    # only lists a span after this and its checks, is what makes the span visible to training either way.
+    if fileio.is_remote(out_dir):
+        tf.io.gfile.rename(staging, out_dir)
+    else:
+        os.rename(staging, out_dir)
     check_accounting(result)
     return result
 
@@ -246,13 +254,9 @@ def validate_span(config: PipelineConfig, result: SpanResult, hierarchy: Hierarc
     """Validate the span's statistics against the schema and the previous successful span; write the report."""
     from components.statistics import format_anomalies, validate, write_report
 
-    with open(os.path.join(result.tfrecord_dir, "statistics.json")) as f:
-        statistics = json.load(f)
+    statistics = _read_json(os.path.join(result.tfrecord_dir, "statistics.json"))
     baseline_path = os.path.join(config.work_dir, BASELINE_STATISTICS)
-    previous = None
-    if os.path.exists(baseline_path):
-        with open(baseline_path) as f:
-            previous = json.load(f)
+    previous = _read_json(baseline_path) if fileio.isfile(baseline_path) else None
     anomalies = validate(statistics, schema, hierarchy, previous, config.validation)
     write_report(os.path.join(result.tfrecord_dir, "validation.json"), statistics, anomalies)
     return format_anomalies(anomalies), anomalies
@@ -356,8 +360,10 @@ def _ingest_span(config: PipelineConfig, span: int, span_input, hierarchy: Hiera
             f"span {span}: {len(severe)} severe anomalies, not training on it: {severe[0].message}"
             f" (all in {os.path.join(result.tfrecord_dir, 'validation.json')})"
         )
-    shutil.copyfile(
-        os.path.join(result.tfrecord_dir, "statistics.json"), os.path.join(config.work_dir, BASELINE_STATISTICS)
+    tf.io.gfile.copy(
+        os.path.join(result.tfrecord_dir, "statistics.json"),
+        os.path.join(config.work_dir, BASELINE_STATISTICS),
+        overwrite=True,
     )
     record_span(config.work_dir, result, config.data.source)
     return result

@@ -224,7 +224,7 @@ def _run_stages(config: PipelineConfig, beam_args, summary: RunSummary, tracker,
         log.info("nothing to do: %s", reason)
         return
     summary.run_dir = os.path.join(config.work_dir, "runs", time.strftime("%Y%m%d-%H%M%S"))
-    os.makedirs(summary.run_dir, exist_ok=True)
+    _makedirs(summary.run_dir)
     candidate, history, model_artifact = timed(
         "train", tracked_train_stage, config, summary.trained_on, schema, hierarchy, tracker, decision_key, window
     )
@@ -272,6 +272,18 @@ def _run_stages(config: PipelineConfig, beam_args, summary: RunSummary, tracker,
 
 def _headline(metrics: dict) -> dict:
     return {k: metrics[k] for k in ("species_accuracy", "breed_top1_accuracy") if k in metrics}
+
+
+def _makedirs(path: str) -> None:
+    import tensorflow as tf
+
+    tf.io.gfile.makedirs(path)
+
+
+def _exists(path: str) -> bool:
+    import tensorflow as tf
+
+    return tf.io.gfile.exists(path)
 
 
 def window_artifacts(tfrecord_dirs: list[str], tracker) -> list[tuple[int | None, str]]:
@@ -326,7 +338,7 @@ def tracked_train_stage(config: PipelineConfig, tfrecord_dirs, schema, hierarchy
     from pipeline import fingerprint
 
     warm = blessed_weights_path(config)
-    warm = warm if config.train.warm_start and os.path.exists(warm) else None
+    warm = warm if config.train.warm_start and _exists(warm) else None
     key = fingerprint.of_value([decision_key, fingerprint.of_file(warm) if warm else None])
     saved = os.path.join(config.work_dir, "train", config.train.architecture, "trained", f"{key[:20]}.weights.h5")
     inputs = {"spans": tfrecord_dirs, "warm_start": warm}
@@ -443,11 +455,19 @@ def train_stage(config: PipelineConfig, tfrecord_dirs: list[str], schema, hierar
     else:
         from components.train import train_model as train_fn
     warm = blessed_weights_path(config)
-    warm = warm if config.train.warm_start and os.path.exists(warm) else None
+    warm = warm if config.train.warm_start and _exists(warm) else None
     train_dir = os.path.join(config.work_dir, "train", config.train.architecture)
     log.info("train: %s, TensorBoard logs in %s", config.train.architecture, os.path.join(train_dir, "tensorboard"))
     return train_fn(
-        config.train, tfrecord_dirs, schema, hierarchy, config.preprocess.image_size, log.info, train_dir, warm
+        config.train,
+        tfrecord_dirs,
+        schema,
+        hierarchy,
+        config.preprocess.image_size,
+        log.info,
+        train_dir,
+        warm,
+        strategy=config.train.distribute,
     )
 
 
@@ -477,12 +497,10 @@ def evaluate_stage(config: PipelineConfig, model, history, summary: RunSummary, 
     blessing = bless(summary.metrics, baseline, config.bless, metric_value, baseline_error)
     summary.blessing = blessing.to_dict()
     summary.baseline_metrics = baseline
-    with open(os.path.join(summary.run_dir, "metrics.json"), "w") as f:
-        json.dump(
-            {"test": summary.metrics, "baseline": baseline, "blessing": summary.blessing, "history": history},
-            f,
-            indent=1,
-        )
+    from components import fileio
+
+    metrics = {"test": summary.metrics, "baseline": baseline, "blessing": summary.blessing, "history": history}
+    fileio.write_text(os.path.join(summary.run_dir, "metrics.json"), json.dumps(metrics, indent=1))
     extra = {
         "architecture": config.train.architecture,
         "trained on": ", ".join(summary.trained_on),

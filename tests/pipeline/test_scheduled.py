@@ -238,3 +238,23 @@ def test_a_missing_span_is_a_clear_error(tmp_path, capsys):
     _add_span(data, 1, seed=1)
     assert main([*_run_args(work, data), "--spans", "4"]) == 2
     assert "data.spans=4: no span-<N> directory in that range (available: [1])" in capsys.readouterr().err
+
+
+def test_multiworker_is_refused_by_petpipe_run_with_the_way_out(tmp_path, capsys):
+    work, data = tmp_path / "work", tmp_path / "data"
+    _add_span(data, 1, seed=1)
+    assert main([*_run_args(work, data), "--set", "train.distribute=multiworker"]) == 2
+    assert "does not coordinate worker tasks yet" in capsys.readouterr().err
+    assert main([*_run_args(work, data), "--set", "train.distribute=sideways"]) == 2
+    assert "train.distribute must be none, mirrored, multiworker or auto" in capsys.readouterr().err
+
+
+def test_spans_and_statistics_files_go_through_gfile():
+    from pipeline.data_stage import SpanResult, available_spans, load_spans, record_span
+
+    for name in ("span-1", "span-3", "notes"):
+        tf.io.gfile.makedirs(f"ram://petpipe-in/{name}")
+    assert available_spans("ram://petpipe-in") == [1, 3]
+    result = SpanResult(3, "ram://w/tfrecords/span-3", {"train": 2}, {"train": 2}, {"train": 0}, {})
+    record_span("ram://w", result, "oxford")
+    assert load_spans("ram://w")[3]["tfrecord_dir"] == "ram://w/tfrecords/span-3"
