@@ -177,6 +177,54 @@ def _run_child(architecture: str, args, overrides: list[str]) -> dict:
             return json.load(f)
 
 
+HEADLINE = (
+    ("training wall time (s)", "multi-head ≥ 2.5× faster to train", lambda mh, c: c / mh >= 2.5),
+    ("peak RSS incl. evaluation and serving (MiB)", "", None),
+    ("latency p50, batch 1 (ms)", "", None),
+    ("latency p50, batch 32 (ms)", "", None),
+    ("species_accuracy", "", None),
+    ("breed_top1_accuracy", "", None),
+    ("expected_calibration_error", "", None),
+)
+
+
+def run(quick: bool) -> list[dict]:
+    """For `python -m benchmarks`: ingest a generated data set (quick: 10 images per breed, 3 epochs; full: the
+    default 60 and the default epochs), train both architectures in their subprocesses, one row per headline
+    measure with the cascade / multi-head ratio."""
+    from datasources.synthetic_pets import make_dataset
+    from pipeline.config import load_config
+    from pipeline.data_stage import ingest_spans
+    from schemas import load_hierarchy, schema_for
+
+    per_breed, overrides = (10, ["train.epochs=3"]) if quick else (60, [])
+    with tempfile.TemporaryDirectory() as root:
+        hierarchy = load_hierarchy()
+        make_dataset(os.path.join(root, "data"), per_breed=per_breed, seed=0)
+        config = load_config(None, [f"work_dir={os.path.join(root, 'work')}"])
+        os.makedirs(config.work_dir)
+        ingest_spans(config, os.path.join(root, "data"), hierarchy, schema_for(hierarchy), [])
+        args = argparse.Namespace(work_dir=config.work_dir, repeats_latency=10 if quick else 50, config=None)
+        results = {architecture: _run_child(architecture, args, overrides) for architecture in ARCHITECTURES}
+    rows = []
+    for name, target, check in HEADLINE:
+        multihead, cascade = results["multihead"]["rows"].get(name), results["cascade"]["rows"].get(name)
+        if multihead is None or cascade is None:
+            continue
+        ratio = cascade / multihead if multihead else None
+        rows.append(
+            {
+                "measurement": f"{name}: multi-head {_format(multihead)} vs cascade {_format(cascade)}",
+                "value": multihead,
+                "unit": "",
+                "ratio": f"cascade/multi-head {_format(ratio)}" if ratio is not None else "",
+                "target": target,
+                "holds": check(multihead, cascade) if check else None,
+            }
+        )
+    return rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work-dir", required=True, help="work dir of a finished `petpipe run` (has spans.json)")

@@ -782,7 +782,24 @@ def measure(args, clients: Clients, tf_calls: TFCalls, tmp: str) -> dict:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    measure_and_report(parse_args(argv))
+    return 0
+
+
+def run(quick: bool) -> list[dict]:
+    """For `python -m benchmarks`: the same run (quick or default profile), rows in the common form. The verdict of
+    a target lives in the ratio column (e.g. "target ≤ 1 ms: holds")."""
+    args = parse_args(["--quick"] if quick else [])
+    rows = []
+    for measurement, value, ratio in measure_and_report(args):
+        holds = True if ratio.endswith(": holds") else False if "MISSED" in ratio else None
+        target = ratio[ratio.index("target") :].split(":")[0] if "target" in ratio else ""
+        rows.append({"measurement": measurement, "value": value, "unit": "", "ratio": ratio, "target": target,
+                     "holds": holds})  # fmt: skip
+    return rows
+
+
+def measure_and_report(args) -> list[tuple[str, str, str]]:
     wall_start = time.perf_counter()
     busy_start = system_busy_seconds()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -811,7 +828,7 @@ def main(argv=None) -> int:
     print(disturbance)
     write_markdown(args, info, results, rows, verdicts, wall, disturbance)
     _log(f"wrote {args.out}")
-    return 0
+    return rows
 
 
 def disturbance_text(results: dict, args) -> str:
