@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 
 from pipeline.errors import PetpipeError
 
@@ -217,9 +218,6 @@ def _open_store(args, store_class):
 
 
 def _serve(args) -> int:
-    import signal
-    import threading
-
     from serving.core import ServingError
     from serving.protos import ConfigFileError
     from serving.server import ServeOptions, start_server
@@ -469,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown and args.command not in ("run", "schedule"):
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     _setup_logging(args.verbose, args.log_format)
-    if args.command in ("run", "schedule"):
+    if args.command in ("run", "schedule") and threading.current_thread() is threading.main_thread():
         # Schedulers stop jobs with SIGTERM: end like Ctrl-C, so the run is recorded as interrupted (exit 130).
         signal.signal(signal.SIGTERM, _interrupt)
     try:

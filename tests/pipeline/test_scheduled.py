@@ -258,3 +258,18 @@ def test_spans_and_statistics_files_go_through_gfile():
     result = SpanResult(3, "ram://w/tfrecords/span-3", {"train": 2}, {"train": 2}, {"train": 0}, {})
     record_span("ram://w", result, "oxford")
     assert load_spans("ram://w")[3]["tfrecord_dir"] == "ram://w/tfrecords/span-3"
+
+
+def test_schedule_runs_again_and_the_second_run_has_nothing_to_do(tmp_path, caplog):
+    from pipeline.cli import parse_duration
+
+    assert [parse_duration(t) for t in ("90s", "15m", "24h", "1d", "2.5")] == [90, 900, 86400, 86400, 2.5]
+    work, data = tmp_path / "work", tmp_path / "data"
+    _add_span(data, 1, seed=1)
+    args = ["schedule", "--every", "0.1", "--max-runs", "2", *_run_args(work, data)[1:]]
+    with caplog.at_level(logging.INFO, logger="petpipe"):
+        assert main(args) == 0
+    assert "schedule: run 1 ended with exit code 0" in caplog.text and "schedule: run 2 ended" in caplog.text
+    assert "nothing to do" in caplog.text
+    assert existing_versions(str(work / "serving" / "pets")) == [1]
+    assert main(["schedule", "--every", "soon", *_run_args(work, data)[1:]]) == 2
