@@ -225,7 +225,7 @@ def _fmt(value) -> str:
     return f"{value:.1f}"
 
 
-def write_markdown(path: str, m: dict, rows: list[dict], info: dict, wall: float, quick: bool) -> None:
+def write_markdown(path: str, m: dict, rows: list[dict], info: dict, wall: float, command: str) -> None:
     from benchmarks.input_pipeline import markdown_table
 
     small, large = m["sizes"]
@@ -234,7 +234,7 @@ def write_markdown(path: str, m: dict, rows: list[dict], info: dict, wall: float
     )
     text = f"""# `petpipe run` end-to-end benchmark
 
-`python -m benchmarks.end_to_end{" --quick" if quick else ""}` — {info["date"]}, wall time {wall:.0f} s.
+`{command}` — {info["date"]}, wall time {wall:.0f} s.
 
 Per stage (RunSummary.seconds), per_breed {small} vs {large}:
 
@@ -255,7 +255,11 @@ Outcomes: {outcomes}.
   in-process FnApiRunner; no Beam flags), then the same command again on the same work dir
 - bless.lower_bounds is empty so every stage runs whatever the accuracy (the first run in a fresh work dir has
   no served model, so the no-regression check passes); stage seconds are the CLI's printed RunSummary.seconds
-  (0.1 s resolution); "in run_pipeline" is runs.finished − runs.started in the work dir's run store
+  (0.1 s resolution); "in run_pipeline" is runs.finished − runs.started in the work dir's run store; "in the
+  run, between the stages" = in run_pipeline − the six stages (± 0.3 s from the rounding), "process start,
+  imports, exit" = total wall − in run_pipeline
+- CPU seconds: the subprocess's user + system time (RUSAGE_CHILDREN); others' CPU: the machine's busy time
+  (/proc/stat) during the run minus that, per wall second
 """
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
@@ -279,7 +283,9 @@ def main(argv=None) -> int:
     print()
     print(text_table(rows))
     print(f"\nwall time {wall:.0f} s")
-    write_markdown(args.out, measured, rows, info, wall, args.quick)
+    command = "python -m benchmarks.end_to_end" + " --quick" * args.quick
+    command += f" --out {args.out}" if args.out != parser.get_default("out") else ""
+    write_markdown(args.out, measured, rows, info, wall, command)
     return 0
 
 

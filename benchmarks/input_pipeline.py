@@ -44,6 +44,7 @@ NAME = "input_pipeline"
 TARGET_RATIO = 1.05
 # per_breed, epochs per mode per repetition, repetitions kept, loader passes (cached), retry seconds
 PROFILES = {"full": (60, 1, 5, 3, 45.0), "quick": (20, 1, 3, 2, 8.0)}
+VARIANT_RETRY = 15.0  # retry seconds per variant (--profile)
 MIN_CLEAN = 3  # with fewer undisturbed repetitions than wanted but at least this many, only those are kept
 MAX_OTHERS = 0.3  # cores other processes may use during a repetition before it is run again
 DATA_MARKER = "benchmark-input-pipeline.json"
@@ -319,7 +320,7 @@ def measure(quick: bool, work_dir: str | None = None, profile: bool | None = Non
                 variant = dataset_fn(*args)
                 fit_epochs(model, variant, 1)  # fills its cache
                 pair = {"variant": (lambda v=variant: v, None), "in memory": (lambda: cached, None)}
-                measured = timed_reps(model, pair, steps, reps, epochs, retry, MAX_OTHERS)
+                measured = timed_reps(model, pair, steps, MIN_CLEAN, epochs, VARIANT_RETRY, MAX_OTHERS)
                 variants[name] = {mode: statistics.median(v) for mode, v in measured["ms"].items()}
                 variants[name]["ratio"] = ratio_of(measured, "variant", "in memory")
                 variants[name]["others"] = max(measured["others"])
@@ -459,18 +460,51 @@ def machine_info() -> dict[str, str]:
     }
 
 
-def write_markdown(path: str, m: dict, rows: list[dict], info: dict, wall: float, quick: bool) -> None:
+def write_markdown(path: str, m: dict, rows: list[dict], info: dict, wall: float, command: str) -> None:
     verdict = next(r for r in rows if r["target"])
     c = m["config"]
     in_memory = _fmt(m["step_ms"]["in memory"])
-    data = "reused" if not m["data_seconds"] else f"{m['data_seconds']:.0f} s"
+    data = "reused from --work-dir" if not m["data_seconds"] else f"{m['data_seconds']:.0f} s, not timed"
     samples = "; ".join(f"{mode}: " + ", ".join(f"{x:.1f}" for x in values) for mode, values in m["samples_ms"].items())
+    others = ", ".join(f"{x:.2f}" for x in m["other_cores"])
+    setup = [*(f"{k}: {v}" for k, v in info.items())]
+    setup += [
+        f"CPU other processes used during the kept repetitions (/proc/stat, max over each repetition's epochs): "
+        f"{others} cores; {len(m['other_cores'])} repetitions kept of {m['reps_run']} run (wanted {m['reps']}). "
+        f"A repetition during which others used more than {MAX_OTHERS:g} cores is run again while the retry budget "
+        f"lasts; the undisturbed ones are kept if there are at least {MIN_CLEAN}, else the least disturbed.",
+        f"data: embedded data set, per_breed {m['per_breed']}, through the real data stage ({data}); train split "
+        f"{m['steps']} steps of {m['batch']} per epoch",
+        f"model: default multi-head, image size {c['image_size']}, filters {c['filters']}, augmentation "
+        f"{'on' if c['augment'] else 'off'} (in-graph), built and compiled as components.train.train_model does, "
+        f"stepped by model.fit; shuffle buffer {c['shuffle_buffer']}",
+        f"timing: one warm-up epoch ({m['warmup_ms']:.1f} ms/step: tracing + filling the decoded-image cache) and one "
+        f"in-memory warm-up epoch; then repetitions of {m['epochs_per_rep']} epoch(s) via tf.data, "
+        f"{m['epochs_per_rep']} in memory and one cold epoch of a freshly built dataset, back to back (order "
+        "rotating); values are medians over the kept repetitions, ratios the median of the per-repetition ratios "
+        "(the 'fastest repetition' row: ratio of the two modes' best repetitions)",
+        "'training consumes': batch / tf.data step time; the loader rows' ratios are loader images/s over that: "
+        f"the loader's headroom when it has the CPUs to itself (during training it shares the same "
+        f"{os.cpu_count()} cores)",
+        "'over N epochs': (cold + (N − 1) × cached-epoch step time) / N for the default train.epochs",
+    ]
+    if m["variants"]:
+        setup.append(
+            "variants: components.train.make_dataset rebuilt in this file with one change each, timed against the "
+            "in-memory batches the same way (repetitions kept: at least "
+            f"{MIN_CLEAN}); the control row is the unchanged rebuild. A variant row marked disturbed had other "
+            "processes using the CPUs throughout its retry budget: its ratio (back to back pairs) is still indicative, "
+            "its ms/step is not"
+        )
+    headline = (
+        f"train step via tf.data / batches in memory: **{verdict['ratio']:.3f}×** — target ≤ {TARGET_RATIO:g}× "
+        f"**{'holds' if verdict['holds'] else 'missed'}** ({_fmt(verdict['value'])} vs {in_memory} ms/step)"
+    )
     text = f"""# Training input pipeline benchmark
 
-`python -m benchmarks.input_pipeline{" --quick" if quick else ""}` — {info["date"]}, wall time {wall:.0f} s.
+`{command}` — {info["date"]}, wall time {wall:.0f} s.
 
-- train step via tf.data / batches in memory: **{verdict["ratio"]:.3f}×** — target ≤ {TARGET_RATIO:g}×
-  **{"holds" if verdict["holds"] else "missed"}** ({_fmt(verdict["value"])} vs {in_memory} ms/step)
+- {headline}
 
 {markdown_table(rows)}
 
@@ -478,24 +512,7 @@ ms/step per kept repetition ({m["epochs_per_rep"]} epoch(s) of {m["steps"]} step
 
 ## Setup
 
-{chr(10).join(f"- {k}: {v}" for k, v in info.items())}
-- CPU other processes used during the kept repetitions (/proc/stat, max over each repetition's epochs):
-  {", ".join(f"{x:.2f}" for x in m["other_cores"])} cores; {len(m["other_cores"])} repetitions kept of
-  {m["reps_run"]} run (wanted {m["reps"]})
-  (one during which others used more than {MAX_OTHERS:g} cores is run again while the retry budget lasts; the
-  undisturbed ones are kept if at least {MIN_CLEAN}, else the least disturbed)
-- data: embedded data set, per_breed {m["per_breed"]}, through the real data stage ({data}); train split
-  {m["steps"]} steps of {m["batch"]} per epoch
-- model: default multi-head, image size {c["image_size"]}, filters {c["filters"]}, augmentation
-  {"on" if c["augment"] else "off"} (in-graph), built and compiled as components.train.train_model does; stepped by
-  model.fit; shuffle buffer {c["shuffle_buffer"]}
-- timing: one warm-up epoch ({m["warmup_ms"]:.1f} ms/step: tracing + filling the decoded-image cache) and one
-  in-memory warm-up epoch; then repetitions of {m["epochs_per_rep"]} epoch(s) via tf.data, {m["epochs_per_rep"]}
-  in memory and one cold epoch of a freshly built dataset, back to back (order rotating); values are medians over
-  the kept repetitions, ratios the median of the per-repetition ratios
-- "training consumes": batch / tf.data step time; the loader rows' ratios are loader images/s over that — the
-  loader's headroom when it has the CPUs to itself (during training it shares the same {os.cpu_count()} cores)
-- "averaged over N epochs": (cold + (N − 1) × cached-epoch step time) / N for the default train.epochs
+{chr(10).join(f"- {line}" for line in setup)}
 """
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
@@ -516,7 +533,9 @@ def main(argv=None) -> int:
     wall = time.perf_counter() - start
     print(text_table(rows))
     print(f"\nwall time {wall:.0f} s")
-    write_markdown(args.out, measured, rows, info, wall, args.quick)
+    command = "python -m benchmarks.input_pipeline" + " --quick" * args.quick + " --profile" * args.profile
+    command += f" --out {args.out}" if args.out != parser.get_default("out") else ""
+    write_markdown(args.out, measured, rows, info, wall, command)
     return 0
 
 
