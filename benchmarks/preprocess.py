@@ -628,17 +628,21 @@ def loop_ceiling(data_dir: Path, work_root: Path, processes: int = 2) -> dict:
 
 
 def _constant_example() -> tuple[bytes, int]:
-    """A serialized Example of the usual size (a real 64×64 JPEG at quality 95) and that size."""
+    """A serialized Example of the usual size: one generated pet through the product's transform at the default
+    preprocess settings (~2.4 kB, like the real ones); and that size."""
     import numpy as np
     import tensorflow as tf
 
-    from components.preprocess import make_example
+    from components.preprocess import decode_and_resize, make_example
+    from datasources.synthetic_pets import breed_looks, encode_jpeg, render_pet
+    from pipeline.config import PreprocessConfig
     from schemas import load_hierarchy
 
-    rng = np.random.default_rng(0)
-    pixels = tf.constant(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
-    jpeg = tf.io.encode_jpeg(tf.image.resize(pixels, [64, 64], method="area").numpy().astype(np.uint8), quality=95)
-    example = make_example("Abyssinian_1", 0, 0, 0, jpeg.numpy(), load_hierarchy()).SerializeToString()
+    hierarchy, pre = load_hierarchy(), PreprocessConfig()
+    breed = hierarchy.breeds[0]
+    source = encode_jpeg(render_pet(breed, breed_looks(hierarchy)[breed.name], np.random.default_rng(0)), 90)
+    jpeg = tf.io.encode_jpeg(decode_and_resize(tf.constant(source), pre.image_size), quality=pre.jpeg_quality)
+    example = make_example(f"{breed.name}_1", 0, 0, 0, jpeg.numpy(), hierarchy).SerializeToString()
     return example, len(example)
 
 
