@@ -10,10 +10,8 @@ absolute times on a shared 2-core VM drift from run to run.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -72,32 +70,10 @@ def _verdict(row: dict) -> str:
 
 
 def machine_info() -> dict[str, str]:
-    import importlib.metadata as metadata
+    from benchmarks import machine_info as common
 
-    def version(name: str) -> str:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            return "not installed"
-
-    model = "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
-    except OSError:
-        pass
-    return {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{os.cpu_count()} CPUs ({model}), {platform.machine()}, {platform.system()} {platform.release()}",
-        "python": platform.python_version(),
-        "tensorflow": version("tensorflow"),
-        "apache-beam": version("apache-beam"),
-        "grpcio": version("grpcio"),
-        "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-        ).stdout.strip()
-        or "?",
-    }
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    return {**common("tensorflow", "apache-beam", "grpcio"), "commit": commit.stdout.strip() or "?"}
 
 
 def render(results: dict, info: dict, quick: bool, wall: float) -> tuple[str, str]:

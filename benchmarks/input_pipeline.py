@@ -32,7 +32,6 @@ interleaved one shard at a time.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import statistics
@@ -438,26 +437,9 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def machine_info() -> dict[str, str]:
-    import contextlib
-    import platform
+    from benchmarks import machine_info as common
 
-    import keras
-    import numpy
-    import tensorflow as tf
-
-    model = "?"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
-    return {
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "cpu": f"{os.cpu_count()} logical CPUs ({len(os.sched_getaffinity(0))} usable), {model}",
-        "load average at start (1/5/15 min)": " / ".join(f"{x:.2f}" for x in os.getloadavg()),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "numpy": numpy.__version__,
-    }
+    return common("tensorflow", "keras", "numpy")
 
 
 def write_markdown(path: str, m: dict, rows: list[dict], info: dict, wall: float, command: str) -> None:

@@ -40,7 +40,6 @@ import json
 import math
 import multiprocessing
 import os
-import platform
 import pstats
 import re
 import shutil
@@ -924,21 +923,9 @@ def rows_table(rows: list[dict]) -> str:
 
 
 def machine_info() -> dict[str, str]:
-    import apache_beam
-    import tensorflow as tf
+    from benchmarks import machine_info as common
 
-    model = "?"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
-    return {
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "cpu": f"{os.cpu_count()} logical CPUs ({len(os.sched_getaffinity(0))} usable, nproc), {model}",
-        "load average at the end": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "apache-beam": apache_beam.__version__,
-        "platform": platform.platform(),
-    }
+    return common("tensorflow", "apache-beam")
 
 
 # ------------------------------------------------------------------------------------------------ entry points

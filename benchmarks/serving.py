@@ -30,11 +30,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import io
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -472,25 +470,9 @@ def median_window(windows: list[dict]) -> dict:
 
 
 def machine_info() -> dict[str, str]:
-    import google.protobuf
-    import grpc
-    import numpy
-    import tensorflow as tf
+    from benchmarks import machine_info as common
 
-    model = "?"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
-    return {
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "cpu": f"{os.cpu_count()} logical CPUs ({len(os.sched_getaffinity(0))} usable), {model}",
-        "load average at start (1/5/15 min)": " / ".join(f"{x:.2f}" for x in os.getloadavg()),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "grpcio": grpc.__version__,
-        "protobuf": google.protobuf.__version__,
-        "numpy": numpy.__version__,
-    }
+    return common("tensorflow", "grpcio", "protobuf", "numpy")
 
 
 def _fmt(value: float | None) -> str:

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import signal
@@ -224,27 +225,11 @@ def _serve(args) -> int:
 
     if args.model_base_path and not os.path.isdir(args.model_base_path) and "://" not in args.model_base_path:
         raise PetpipeError(f"{args.model_base_path}: model base path not found (expected <version>/saved_model.pb)")
-    options = ServeOptions(
-        model_name=args.model_name,
-        model_base_path=args.model_base_path,
-        model_config_file=args.model_config_file,
-        model_config_file_poll_wait_seconds=args.model_config_file_poll_wait_seconds,
-        file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
-        host=args.host,
-        port=args.port,
-        rest_api_port=args.rest_api_port or None,  # 0 = off, as TF Serving's --rest_api_port
-        enable_batching=args.enable_batching,
-        batching_parameters_file=args.batching_parameters_file,
-        ssl_config_file=args.ssl_config_file,
-        max_message_bytes=args.max_message_bytes,
-        max_request_batch=args.max_request_batch,
-        max_string_bytes=args.max_string_bytes,
-        allowed_base_path_roots=tuple(args.allowed_base_path_roots or ()),
-        grpc_max_threads=args.grpc_max_threads,
-        max_num_load_retries=args.max_num_load_retries,
-        load_retry_interval_micros=args.load_retry_interval_micros,
-        drain_seconds=args.drain_seconds,
-    )
+    # Every serve flag is named after its ServeOptions field (TF Serving's own flag names).
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(ServeOptions)}
+    values["rest_api_port"] = args.rest_api_port or None  # 0 = off, as TF Serving's --rest_api_port
+    values["allowed_base_path_roots"] = tuple(args.allowed_base_path_roots or ())
+    options = ServeOptions(**values)
     try:
         server = start_server(options=options)
     except (ConfigFileError, ServingError) as exc:

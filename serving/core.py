@@ -431,21 +431,18 @@ class ModelServer:
         return response
 
     def classify(self, request) -> classification_pb2.ClassificationResponse:
-        servable = self._servable(request.model_spec)
-        signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
-        outputs = self._run_examples(servable, signature_name, CLASSIFY_METHOD, request.input)
-        response = classification_pb2.ClassificationResponse()
-        _fill_model_spec(response.model_spec, request.model_spec.name, servable.version, signature_name)
-        response.result.CopyFrom(_classification_result(outputs))
-        return response
+        return self._examples_call(request, CLASSIFY_METHOD, classification_pb2.ClassificationResponse())
 
     def regress(self, request) -> regression_pb2.RegressionResponse:
+        return self._examples_call(request, REGRESS_METHOD, regression_pb2.RegressionResponse())
+
+    def _examples_call(self, request, method: str, response):
+        """Classify or Regress: one signature of `method` over the request's examples."""
         servable = self._servable(request.model_spec)
         signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
-        outputs = self._run_examples(servable, signature_name, REGRESS_METHOD, request.input)
-        response = regression_pb2.RegressionResponse()
+        outputs = self._run_examples(servable, signature_name, method, request.input)
         _fill_model_spec(response.model_spec, request.model_spec.name, servable.version, signature_name)
-        response.result.CopyFrom(_regression_result(outputs))
+        response.result.CopyFrom(_RESULTS[method](outputs))
         return response
 
     def multi_inference(self, request) -> inference_pb2.MultiInferenceResponse:
@@ -473,10 +470,8 @@ class ModelServer:
             outputs = self._run_examples(servable, signature_name, task.method_name, request.input)
             result = response.results.add()
             _fill_model_spec(result.model_spec, task.model_spec.name, servable.version, signature_name)
-            if task.method_name == CLASSIFY_METHOD:
-                result.classification_result.CopyFrom(_classification_result(outputs))
-            else:
-                result.regression_result.CopyFrom(_regression_result(outputs))
+            field = "classification_result" if task.method_name == CLASSIFY_METHOD else "regression_result"
+            getattr(result, field).CopyFrom(_RESULTS[task.method_name](outputs))
         return response
 
     def _run_examples(self, servable: LoadedVersion, signature_name: str, method: str, input_proto) -> dict:
@@ -677,6 +672,9 @@ def _regression_result(outputs: dict[str, np.ndarray]) -> regression_pb2.Regress
     for value in values.reshape(-1):
         result.regressions.add(value=float(value))
     return result
+
+
+_RESULTS = {CLASSIFY_METHOD: _classification_result, REGRESS_METHOD: _regression_result}
 
 
 def model_spec(name: str, version: int | None = None, label: str | None = None) -> model_pb2.ModelSpec:
