@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 WORK_DIR ?= petpipe-work
 PYTEST_ARGS ?=
 
-.PHONY: run test lint format install clean
+.PHONY: run test lint format install clean bench bench-full
 
 $(BIN)/petpipe: setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,13 @@ test: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# Benchmarks are scripts, never tests: quick (< 5 min) or full (< 30 min on 2 cores) → benchmarks/RESULTS.md.
+bench: install
+	$(BIN)/python -m benchmarks --quick
+
+bench-full: install
+	$(BIN)/python -m benchmarks
 
 format: install
 	$(BIN)/ruff format .

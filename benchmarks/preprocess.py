@@ -410,7 +410,15 @@ def measure(sizes: list[int], reps: int, reps_large: int, cache_dir: Path, work_
         if len({json.dumps(c, sort_keys=True) for c in counts.values()}) != 1:
             raise SystemExit(f"{size}: the variants wrote different numbers of images per split: {counts}")
         results[size] = {v: _median_run(runs[v]) for v in VARIANTS}
-    return {"startup": startup, "results": results, "generation_s": generation_s}
+    ceiling = None
+    if max(sizes) >= LARGE:  # what the target asks of Beam, next to what two plain processes reach
+        tries = []
+        for rep in range(reps_large):
+            run = loop_ceiling(dirs[max(sizes)], work_root)
+            tries.append(run)
+            _log(f"2 loop processes, {run['images']} images, rep {rep + 1}/{reps_large}: {run['seconds']:.1f} s")
+        ceiling = sorted(tries, key=lambda r: r["seconds"])[(len(tries) - 1) // 2]
+    return {"startup": startup, "results": results, "generation_s": generation_s, "ceiling": ceiling}
 
 
 def _fit(points: list[tuple[int, float]]) -> tuple[float, float]:
@@ -514,8 +522,31 @@ def result_rows(measured: dict) -> list[dict]:
                 "ms/image",
                 loop_per_image / per_image,
             )
+    ceiling = measured.get("ceiling")
+    if ceiling:
+        loop = results[sizes[-1]][LOOP]
+        row(
+            f"images/s, 2 independent loop processes on halves of the {ceiling['images']} images (launch to both "
+            "done: the most any 2-process split of this work reaches here)",
+            ceiling["images"] / ceiling["seconds"],
+            "images/s",
+            loop["seconds"] / ceiling["seconds"],
+        )
+        row(
+            "images/s, the same 2 loop processes counted from after their imports (start-up excluded)",
+            ceiling["images"] / ceiling["work_s"],
+            "images/s",
+            loop["seconds"] / ceiling["work_s"],
+        )
     if sizes[-1] < LARGE or (small == large):
-        row(f"Beam 2 workers ≥ {SPEEDUP_TARGET}× loop at {LARGE} images", None, "", None, f"≥ {SPEEDUP_TARGET}×", None)
+        row(
+            f"Beam 2 workers ≥ {SPEEDUP_TARGET}× loop at {LARGE} images (full mode only)",
+            None,
+            "",
+            None,
+            f"≥ {SPEEDUP_TARGET}×",
+            None,
+        )
     return rows
 
 
