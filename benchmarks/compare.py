@@ -71,14 +71,16 @@ class _TrainSteps:
 
     Installed by patching keras.Model.fit in the measuring subprocess only, so the trainers stay as they are.
     It splits training wall time into: the first step of each fit (tracing the train function), the other
-    steps, validation during training, and the rest (data set set-up, epoch boundaries, callbacks) — which is
-    what explains the cascade/multi-head ratio."""
+    steps, validation during training, leaving fit (from its last callback to its return), and the rest (data
+    set set-up, epoch boundaries, callbacks) — which is what explains the cascade/multi-head ratio."""
 
     def __init__(self):
         self.first_steps: list[float] = []  # one per fit
         self.steps: list[float] = []  # every other step
         self.validation_s = 0.0
+        self.leaving_fit_s = 0.0  # from on_train_end to fit's return: tearing down its iterators and functions
         self._started = 0.0
+        self._train_ended = 0.0
 
     def count(self) -> int:
         return len(self.first_steps) + len(self.steps)
@@ -108,8 +110,13 @@ class _TrainSteps:
             def on_test_end(self, logs=None):
                 timer.validation_s += time.perf_counter() - timer._started
 
+            def on_train_end(self, logs=None):
+                timer._train_ended = time.perf_counter()
+
         def timed_fit(model, *args, callbacks=None, **kwargs):
-            return original_fit(model, *args, callbacks=[*(callbacks or []), Callback()], **kwargs)
+            history = original_fit(model, *args, callbacks=[*(callbacks or []), Callback()], **kwargs)
+            timer.leaving_fit_s += time.perf_counter() - timer._train_ended
+            return history
 
         keras.Model.fit = timed_fit
 
@@ -120,8 +127,9 @@ class _TrainSteps:
             "training: steps after the first (s)": sum(self.steps),
             "training: first step of each fit, tracing (s)": sum(self.first_steps),
             "training: validation passes (s)": self.validation_s,
+            "training: leaving fit, after its last callback (s)": self.leaving_fit_s,
             "training: the rest — data set-up, epoch ends (s)": (
-                train_seconds - sum(self.steps) - sum(self.first_steps) - self.validation_s
+                train_seconds - sum(self.steps) - sum(self.first_steps) - self.validation_s - self.leaving_fit_s
             ),
         }
 
@@ -248,6 +256,7 @@ HEADLINE = (
     ("training: steps after the first (s)", "", None),
     ("training: first step of each fit, tracing (s)", "", None),
     ("training: validation passes (s)", "", None),
+    ("training: leaving fit, after its last callback (s)", "", None),
     ("training: the rest — data set-up, epoch ends (s)", "", None),
     ("peak RSS incl. evaluation and serving (MiB)", "", None),
     ("latency p50, batch 1 (ms)", "", None),

@@ -177,20 +177,6 @@ def _prepare_multi_worker_fit(model: keras.Model, train: tf.data.Dataset) -> Non
     model.test_step = with_vector_logs(model.test_step)
 
 
-def _one_iterator_per_fit(train: tf.data.Dataset, fit_kwargs: dict) -> tf.data.Dataset:
-    """The train batches repeated, with fit's steps_per_epoch set to one pass (the known cardinality).
-
-    Without steps_per_epoch, Keras makes a new iterator at the end of every epoch and another at the start of the
-    next, and tearing down the unused one (its shuffle buffer already filling) cost ~0.7 s per epoch on 2,000
-    images (benchmarks/compare.py, "the rest"): 12 % of the default training time. Each pass still yields
-    exactly one epoch's batches, reshuffled (reshuffle_each_iteration), and the last partial batch stays last."""
-    steps = int(train.cardinality())
-    if steps <= 0:  # unknown size: let Keras find the end of the data
-        return train
-    fit_kwargs["steps_per_epoch"] = steps
-    return train.repeat()
-
-
 def fit(model, train, validation, config: TrainConfig, log, run_dir: str | None = None, fingerprint: str = "") -> dict:
     """model.fit with the callbacks every architecture gets: epoch progress; with a run_dir, per-epoch checkpoints
     that a re-run resumes from (ending at the same epoch count) and TensorBoard logs; early stopping on val_loss.
@@ -217,7 +203,6 @@ def fit(model, train, validation, config: TrainConfig, log, run_dir: str | None 
             )
         )
     kwargs = dict(validation_data=validation, epochs=config.epochs, shuffle=False, verbose=0, callbacks=callbacks)
-    train = _one_iterator_per_fit(train, kwargs)
     if distribute.is_multi_worker(model.distribute_strategy):
         _prepare_multi_worker_fit(model, train)
     try:

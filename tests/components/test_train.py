@@ -52,24 +52,3 @@ def test_checkpoint_of_other_settings_is_discarded(tmp_path):
     assert (directory / "latest.weights.h5").exists() and "resuming" in messages[-1]
     prepare_checkpoints(str(directory), "b", True, messages.append)
     assert not (directory / "latest.weights.h5").exists() and "made for other data or settings" in messages[-1]
-
-
-def test_fit_keeps_one_iterator_and_each_epoch_is_one_reshuffled_pass():
-    import tensorflow as tf
-
-    from components.train import _one_iterator_per_fit
-
-    data = tf.data.Dataset.range(70).shuffle(70, seed=1, reshuffle_each_iteration=True).batch(32)
-    kwargs = {}
-    repeated = _one_iterator_per_fit(data, kwargs)
-    assert kwargs == {"steps_per_epoch": 3}
-    batches = [b.numpy().tolist() for b in repeated.take(9)]
-    passes = [batches[i : i + 3] for i in range(0, 9, 3)]
-    for one_pass in passes:  # every epoch: 32 + 32 + the partial 6, all 70 examples once
-        assert [len(b) for b in one_pass] == [32, 32, 6]
-        assert sorted(x for b in one_pass for x in b) == list(range(70))
-    assert len({tuple(x for b in p for x in b) for p in passes}) == 3  # reshuffled every epoch
-
-    unknown = data.filter(lambda batch: tf.size(batch) > 0)
-    kwargs = {}
-    assert _one_iterator_per_fit(unknown, kwargs) is unknown and kwargs == {}
