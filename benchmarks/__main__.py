@@ -140,9 +140,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     rows_file = os.path.splitext(args.out)[0] + ".json"
     if args.render_only:
-        with open(rows_file) as f:
-            saved = json.load(f)
-        info, quick, wall = saved["info"], saved["quick"], saved["wall_s"]
+        try:
+            with open(rows_file) as f:
+                saved = json.load(f)
+            info, quick, wall = saved["info"], saved["quick"], saved["wall_s"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            parser.error(f"--render-only: cannot read the saved rows {rows_file} ({exc!r}); run the benchmarks first")
         results = {name: tuple(result) for name, result in saved["results"].items()}
     else:
         started = time.monotonic()
