@@ -28,3 +28,12 @@ def machine_info(*packages: str) -> dict[str, str]:
         except metadata.PackageNotFoundError:
             info[package] = "not installed"
     return info
+
+
+def write_report(path: str, text: str) -> None:
+    """Write a benchmark's markdown report, creating its directory (benchmarks/results/ on a fresh clone)."""
+    import os
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)

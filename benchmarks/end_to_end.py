@@ -36,6 +36,8 @@ import sys
 import tempfile
 import time
 
+from benchmarks import write_report
+
 NAME = "end_to_end"
 STAGES = ("make-data", "ingest+preprocess", "train", "evaluate", "export", "smoke-query")
 SIZES = {"quick": ((10, 20), ["train.epochs=2"]), "full": ((30, 60), [])}
@@ -261,9 +263,7 @@ Outcomes: {outcomes}.
 - CPU seconds: the subprocess's user + system time (RUSAGE_CHILDREN); others' CPU: the machine's busy time
   (/proc/stat) during the run minus that, per wall second
 """
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        f.write(text)
+    write_report(path, text)
 
 
 def main(argv=None) -> int:

@@ -39,6 +39,8 @@ import sys
 import tempfile
 import time
 
+from benchmarks import write_report
+
 NAME = "input_pipeline"
 TARGET_RATIO = 1.05
 # per_breed, epochs per mode per repetition, repetitions kept, loader passes (cached), retry seconds
@@ -496,9 +498,7 @@ ms/step per kept repetition ({m["epochs_per_rep"]} epoch(s) of {m["steps"]} step
 
 {chr(10).join(f"- {line}" for line in setup)}
 """
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        f.write(text)
+    write_report(path, text)
 
 
 def main(argv=None) -> int:

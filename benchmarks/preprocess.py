@@ -51,6 +51,8 @@ import time
 from pathlib import Path
 from unittest import mock
 
+from benchmarks import write_report
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported, here and in Beam's workers
 
 SIZES = (2500, 5000, 10000, 20000)
@@ -1029,8 +1031,7 @@ def main(argv=None) -> int:
     )
     print(report)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(report)
+        write_report(args.out, report)
         _log(f"written to {args.out}")
     return 0
 

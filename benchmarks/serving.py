@@ -39,6 +39,8 @@ import tempfile
 import threading
 import time
 
+from benchmarks import write_report
+
 CONCURRENCY = (1, 4, 16)
 LATENCY_BATCHES = (1, 8)
 MODEL_NAME = "pets"
@@ -912,9 +914,7 @@ Throughput cells (batch-1 gRPC Predicts back to back, each client its own channe
 
 {chr(10).join(f"- {note}" for note in notes)}
 """
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write(text)
+    write_report(args.out, text)
 
 
 if __name__ == "__main__":
