@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tempfile
 import uuid
 
@@ -44,13 +43,13 @@ from components import fileio
 from components.model import SPECIES_HEAD, breed_head, hierarchical_answer
 from components.preprocess import decode_and_resize
 from schemas import IMAGE_ENCODED, Hierarchy
+from schemas.versions import version_dirs
 
 IMAGE_BYTES_INPUT = "image_bytes"
 EXAMPLES_INPUT = "examples"
 DEFAULT_SIGNATURE = "serving_default"
 EXAMPLES_SIGNATURE = "predict_examples"
 STAGING_PREFIX = "_staging-"
-_VERSION_DIR = re.compile(r"^\d+$")
 
 
 def _label_table(path: str) -> tf.lookup.StaticHashTable:
@@ -96,6 +95,14 @@ def image_envelope_error(data: tf.Tensor) -> tf.Tensor:
     return tf.cond(length < 12, lambda: tf.constant("empty, or too short to be an image"), check)
 
 
+def _variables_captured_by(*functions) -> list[tf.Variable]:
+    found: dict[int, tf.Variable] = {}
+    for function in functions:
+        for variable in function.get_concrete_function().variables:
+            found.setdefault(id(variable), variable)
+    return list(found.values())
+
+
 class ServingModule(tf.Module):
     """The multi-head Keras model wrapped with in-graph decoding and named, labelled outputs."""
 
@@ -110,6 +117,11 @@ class ServingModule(tf.Module):
         self._uncertainty_threshold = uncertainty_threshold
         self.breed_names = _label_table(os.path.join(vocab_dir, "breeds.txt"))
         self.species_names = _label_table(os.path.join(vocab_dir, "species.txt"))
+        # Keras 3 variables reach the SavedModel twice: through the model (restored by the saver) and as the
+        # tf.Variables the traced functions capture (not restored). A TF1 session loader — TF Serving's — then
+        # fails with "Could not find variable ..." (tensorflow/serving#2226). Tracking the captured variables, as
+        # keras.export.ExportArchive does, puts them in the checkpoint.
+        self.captured_variables = _variables_captured_by(self.serve_image_bytes, self.serve_examples)
 
     def _predict_from_bytes(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
         size = self._image_size
@@ -147,11 +159,14 @@ class ServingModule(tf.Module):
 
 
 def existing_versions(model_base_path: str) -> list[int]:
-    """Integer version directories under a model base path, ascending (TF Serving's notion of versions)."""
+    """The version numbers under a model base path, ascending (TF Serving's notion of versions)."""
+    return list(_version_dirs(model_base_path))
+
+
+def _version_dirs(model_base_path: str) -> dict[int, str]:
     if not tf.io.gfile.isdir(model_base_path):
-        return []
-    names = (name.rstrip("/") for name in tf.io.gfile.listdir(model_base_path))
-    return sorted(int(name) for name in names if _VERSION_DIR.match(name))
+        return {}
+    return version_dirs(tf.io.gfile.listdir(model_base_path))
 
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
@@ -215,7 +230,8 @@ def write_model_config(serving_dir: str, model_name: str, model_base_path: str) 
 def apply_retention(serving_dir: str, model_name: str, model_base_path: str, keep: int) -> list[int]:
     """Delete all but the newest `keep` versions — never the newest (served) one nor one a version label in
     models.config points at. Returns the deleted versions. keep=0 keeps everything."""
-    versions = existing_versions(model_base_path)
+    dirs = _version_dirs(model_base_path)
+    versions = list(dirs)
     if keep <= 0 or len(versions) <= keep:
         return []
     labelled = {
@@ -226,7 +242,7 @@ def apply_retention(serving_dir: str, model_name: str, model_base_path: str, kee
     }
     doomed = [v for v in versions[:-keep] if v not in labelled]
     for version in doomed:
-        tf.io.gfile.rmtree(os.path.join(model_base_path, str(version)))
+        tf.io.gfile.rmtree(os.path.join(model_base_path, dirs[version]))
     return doomed
 
 

@@ -125,3 +125,39 @@ def test_retention_keeps_the_newest_and_labelled_versions(tmp_path):
     assert deleted == [1, 3, 4]
     assert existing_versions(str(serving / "pets")) == [2, 5, 6, 7]
     assert apply_retention(str(serving), "pets", str(serving / "pets"), keep=0) == []
+
+
+def test_versions_are_read_as_tf_serving_reads_them(tmp_path):
+    """Zero-padded names count (TF Serving's own fixtures use "00000123"); retention deletes them by their name."""
+    from components.export import apply_retention
+
+    serving = tmp_path / "serving"
+    for name in ("00000003", "7", "0008", "v9", "_staging-x"):
+        (serving / "pets" / name).mkdir(parents=True)
+    assert existing_versions(str(serving / "pets")) == [3, 7, 8]
+    assert apply_retention(str(serving), "pets", str(serving / "pets"), keep=1) == [3, 7]
+    assert sorted(os.listdir(serving / "pets")) == ["0008", "_staging-x", "v9"]
+
+
+def test_a_session_loader_like_tf_servings_runs_the_export_with_the_trained_weights(hierarchy, tmp_path):
+    """TF Serving loads a SavedModel into a TF1 session (variables restored by the saver) and runs signatures by
+    tensor name. Keras 3 variables reach tf.saved_model.save twice; without tracking the ones the functions
+    capture, that loader fails with "Could not find variable ..." (tensorflow/serving#2226), although
+    tf.saved_model.load works."""
+    from components.model import build_multihead_model
+
+    model = build_multihead_model(hierarchy, image_size=32, filters=(4, 8))
+    rng = np.random.default_rng(3)
+    model.set_weights([rng.normal(0, 0.5, w.shape).astype(w.dtype) for w in model.get_weights()])  # not the init
+    _, path = export_model(model, hierarchy, str(tmp_path / "pets"), image_size=32)
+    images = np.array([_png((200, 30, 30)), _png((20, 200, 30), size=(80, 20))], dtype=object)
+    graph = tf.Graph()
+    with tf.compat.v1.Session(graph=graph) as session:
+        meta_graph = tf.compat.v1.saved_model.loader.load(session, ["serve"], path)
+        signature = meta_graph.signature_def["serving_default"]
+        fetches = {alias: info.name for alias, info in signature.outputs.items()}
+        served = session.run(fetches, {signature.inputs["image_bytes"].name: images})
+    expected = tf.saved_model.load(path).signatures["serving_default"](image_bytes=tf.constant(images))
+    np.testing.assert_allclose(served["species_probs"], expected["species_probs"].numpy(), rtol=1e-5)
+    np.testing.assert_allclose(served["breed_probs"], expected["breed_probs"].numpy(), rtol=1e-5)
+    assert not np.allclose(served["species_probs"], 0.5)  # the random weights, not a blank model, answered
