@@ -30,7 +30,7 @@ setup(
         "protobuf>=5.28,<7",
     ],
     # pyyaml and cryptography (both already brought by apache-beam) read the deploy files and make TLS test
-    # certificates in the tests.
-    extras_require={"dev": ["pytest>=8", "ruff>=0.6", "pyyaml", "cryptography"]},
+    # certificates in the tests; prometheus-client's parser reads the metrics page as Prometheus would.
+    extras_require={"dev": ["pytest>=8", "ruff>=0.6", "pyyaml", "cryptography", "prometheus-client>=0.20"]},
     entry_points={"console_scripts": ["petpipe=pipeline.cli:main"]},
 )

@@ -48,6 +48,9 @@ SIGNATURE = "serving_default"
 REST_PATH = f"/v1/models/{MODEL_NAME}:predict"
 LATENCY_TARGET_MS = 1.0
 BATCHING_TARGET = 3.0
+METRICS_TARGET = 0.98  # the Prometheus page (recording + scraping) may cost under 2 % of QPS
+SCRAPE_SECONDS = 1.0  # far more often than Prometheus' default 15 s, so the cost shows
+METRICS_PAIRS = 4  # paired windows per repetition for the metrics cost
 MESSAGE_BYTES = 64 * 1024 * 1024
 IDLE_SECONDS = 0.001  # between in-process calls for the "after idle" row: about a gRPC round trip's overhead
 IDLE_ROW = "in-process, 1 ms idle between calls"
@@ -375,31 +378,31 @@ class CpuWatch:
 
 
 class TFCalls:
-    """Counts the server's signature calls (LoadedVersion._call: one per batch when batching is on) and their
-    sizes, by wrapping the method for the duration of the benchmark (serving/ itself is not modified)."""
+    """Counts the server's signature calls (SessionBundle.run: one Session::Run per batch when batching is on) and
+    their sizes, by wrapping the method for the duration of the benchmark (serving/ itself is not modified)."""
 
     def __init__(self):
         self.calls: list[tuple[int, float]] = []
 
     @contextlib.contextmanager
     def installed(self):
-        from serving import core
+        from serving import bundle
 
-        original = core.LoadedVersion._call
+        original = bundle.SessionBundle.run
 
-        def counted(loaded, signature_name, feeds):
+        def counted(session_bundle, feeds, fetches):
             start = time.perf_counter()
             try:
-                return original(loaded, signature_name, feeds)
+                return original(session_bundle, feeds, fetches)
             finally:
                 size = len(next(iter(feeds.values())))
                 self.calls.append((size, time.perf_counter() - start))  # list.append is atomic under the GIL
 
-        core.LoadedVersion._call = counted
+        bundle.SessionBundle.run = counted
         try:
             yield self
         finally:
-            core.LoadedVersion._call = original
+            bundle.SessionBundle.run = original
 
     def reset(self) -> None:
         self.calls = []
@@ -416,7 +419,7 @@ def batching_text(args) -> str:
 
 
 @contextlib.contextmanager
-def running_server(base_path: str, batching_file: str | None):
+def running_server(base_path: str, batching_file: str | None, monitoring_file: str | None = None):
     from serving.server import ServeOptions, start_server
 
     options = ServeOptions(
@@ -426,12 +429,70 @@ def running_server(base_path: str, batching_file: str | None):
         rest_api_port=0,
         enable_batching=batching_file is not None,
         batching_parameters_file=batching_file,
+        monitoring_config_file=monitoring_file,
     )
     server = start_server(options=options)
     try:
         yield server
     finally:
         server.stop(grace=5)
+
+
+@contextlib.contextmanager
+def metrics_recording(enabled: bool):
+    """The baseline of the metrics cost: with enabled=False every ServingMetrics.record_* is a no-op for the duration
+    (TF Serving has no switch for its metrics; neither has `petpipe serve`, so the benchmark makes one)."""
+    from serving.metrics import ServingMetrics
+
+    names = [] if enabled else [name for name in vars(ServingMetrics) if name.startswith("record_")]
+    saved = {name: getattr(ServingMetrics, name) for name in names}
+    for name in names:
+        setattr(ServingMetrics, name, lambda self, *args, **kwargs: None)
+    try:
+        yield
+    finally:
+        for name, method in saved.items():
+            setattr(ServingMetrics, name, method)
+
+
+@contextlib.contextmanager
+def scraping(url: str | None, every: float):
+    """A Prometheus stand-in: GET the metrics page every `every` seconds (nothing when url is None)."""
+    import urllib.request
+
+    stop, pages = threading.Event(), []
+
+    def loop():
+        while not stop.wait(every):
+            with urllib.request.urlopen(url, timeout=10) as answer:
+                pages.append(len(answer.read()))
+
+    thread = threading.Thread(target=loop, daemon=True) if url else None
+    if thread:
+        thread.start()
+    try:
+        yield pages
+    finally:
+        stop.set()
+        if thread:
+            thread.join()
+
+
+def metrics_cost_per_request(requests: int = 20000) -> dict[str, float]:
+    """What one Predict adds to the server's work for the metrics (µs): the three records TF Serving makes (request
+    count + latency, runtime latency), timed directly; and one page render with those cells (ms)."""
+    from serving.metrics import ServingMetrics
+
+    metrics = ServingMetrics()
+    started = time.perf_counter()
+    for i in range(requests):
+        metrics.record_request(MODEL_NAME, "Predict", "GRPC", "OK", 1000 + i % 3000)
+        metrics.record_runtime(MODEL_NAME, "Predict", "TF1", 800 + i % 3000)
+    record_us = (time.perf_counter() - started) / requests * 1e6
+    started = time.perf_counter()
+    for _ in range(50):
+        metrics.render()
+    return {"record_us": record_us, "render_ms": (time.perf_counter() - started) / 50 * 1000}
 
 
 def load_window(clients: Clients, tf_calls: TFCalls, target: str, payload: bytes, threads: int, seconds: float):
@@ -483,7 +544,9 @@ def _fmt(value: float | None) -> str:
     return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.1f}" if abs(value) >= 100 else f"{value:.2f}"
 
 
-def build_rows(latency: dict, loads: dict, ceiling: dict, args) -> tuple[list[tuple[str, str, str]], dict]:
+def build_rows(
+    latency: dict, loads: dict, ceiling: dict, args, metrics: dict | None = None
+) -> tuple[list[tuple[str, str, str]], dict]:
     """(measurement, value, ratio) rows and the two verdicts."""
     rows = []
     for batch in LATENCY_BATCHES:
@@ -518,6 +581,27 @@ def build_rows(latency: dict, loads: dict, ceiling: dict, args) -> tuple[list[tu
             note += f" (target ≥ {BATCHING_TARGET:g}×: {'holds' if on_qps / off_qps >= BATCHING_TARGET else 'MISSED'})"
         rows.append((f"QPS, {threads} clients, batching on", _fmt(on_qps), note))
     c, n = ceiling, args.max_batch_size
+    if metrics:
+        ratios = metrics["ratios"]
+        median = statistics.median(ratios)
+        verdict = "holds" if median >= METRICS_TARGET else "MISSED"
+        rows.append(
+            (
+                f"QPS ratio, {top} clients: metrics recorded + page scraped every {SCRAPE_SECONDS:g} s / not recorded",
+                f"{median:.3f}",
+                f"median of {len(ratios)} paired windows, spread {min(ratios):.3f}–{max(ratios):.3f} "
+                f"(target ≥ {METRICS_TARGET:g}×: {verdict})",
+            )
+        )
+        server_us = 1000 * loads[(False, top)]["server_cpu_ms"]
+        rows.append(
+            (
+                "metrics CPU per Predict (µs), timed directly",
+                _fmt(metrics["record_us"]),
+                f"{metrics['record_us'] / server_us:.2%} of the server's CPU per request",
+            )
+        )
+        rows.append(("metrics page render (ms)", _fmt(metrics["render_ms"]), f"once per scrape ({SCRAPE_SECONDS:g} s)"))
     rows.append(
         (
             f"in-process images/s, one caller, batch 1 → {n}",
@@ -751,8 +835,11 @@ def measure(args, clients: Clients, tf_calls: TFCalls, tmp: str) -> dict:
     with open(batching_file, "w") as f:
         f.write(batching_text(args))
     serve = tf.saved_model.load(path).signatures[SIGNATURE]
+    monitoring_file = os.path.join(tmp, "monitoring_config.txt")
+    with open(monitoring_file, "w") as f:
+        f.write('prometheus_config { enable: true path: "/monitoring/prometheus/metrics" }\n')
     payloads = {b: (grpc_payload(images[:b]), rest_payload(images[:b])) for b in LATENCY_BATCHES}
-    measurements = Measurements(args)
+    measurements, metrics_ratios = Measurements(args), []
     for rep in range(args.reps):
         _log(f"repetition {rep + 1}/{args.reps}: in-process calls")
         measure_in_process(serve, images, args, measurements)
@@ -762,7 +849,29 @@ def measure(args, clients: Clients, tf_calls: TFCalls, tmp: str) -> dict:
                 loaded = time.perf_counter() - started
                 _log(f"repetition {rep + 1}/{args.reps}: batching {'on' if on else 'off'} (loaded in {loaded:.1f} s)")
                 measure_server(server, on, payloads, args, clients, tf_calls, measurements)
-    return {"about": about, **measurements.results()}
+        _log(f"repetition {rep + 1}/{args.reps}: metrics recorded and scraped / not recorded, paired windows")
+        with running_server(base_path, None, monitoring_file) as server:
+            metrics_ratios += measure_metrics_cost(server, payloads[1][0], args, clients, tf_calls)
+    metrics = {"ratios": metrics_ratios, **metrics_cost_per_request()}
+    return {"about": about, **measurements.results(), "metrics": metrics}
+
+
+def measure_metrics_cost(server, payload: bytes, args, clients, tf_calls) -> list[float]:
+    """QPS with the metrics recorded and the page scraped every SCRAPE_SECONDS over QPS with nothing recorded, at
+    the top client count: METRICS_PAIRS pairs of adjacent windows on one server (alternating which goes first), so
+    the slow drift of a shared machine cancels within a pair. Returns the pairs' ratios."""
+    target, threads = f"127.0.0.1:{server.port}", max(args.concurrency)
+    url = f"http://127.0.0.1:{server.rest_port}/monitoring/prometheus/metrics"
+    if args.warmup_seconds > 0:
+        clients.load(lambda: None, target=target, payload=payload, threads=threads, duration=args.warmup_seconds)
+    ratios = []
+    for pair in range(METRICS_PAIRS):
+        qps = {}
+        for on in (True, False) if pair % 2 == 0 else (False, True):
+            with metrics_recording(on), scraping(url if on else None, SCRAPE_SECONDS):
+                qps[on] = load_window(clients, tf_calls, target, payload, threads, args.duration)["qps"]
+        ratios.append(qps[True] / qps[False])
+    return ratios
 
 
 def main(argv=None) -> int:
@@ -801,7 +910,7 @@ def measure_and_report(args) -> list[tuple[str, str, str]]:
         info["CPU used by other processes during the run"] = (
             f"{max(0.0, busy_end - busy_start - ours) / wall:.2f} cores"
         )
-    rows, verdicts = build_rows(results["latency"], results["loads"], results["ceiling"], args)
+    rows, verdicts = build_rows(results["latency"], results["loads"], results["ceiling"], args, results["metrics"])
     print(text_table(rows))
     print()
     print(load_details(results["loads"], args))
@@ -860,7 +969,7 @@ def write_markdown(args, info, results, rows, verdicts, wall, disturbance: str) 
         "around the same call. gRPC and REST are full round trips on loopback with the request built once: "
         "client-side `tf.make_tensor_proto` / JSON encoding is not timed, the response is deserialized (gRPC) or read "
         "(REST) but not converted to numpy.",
-        '"server batches" and "signature call ms" come from wrapping the server\'s `LoadedVersion._call` (one call '
+        '"server batches" and "signature call ms" come from wrapping the server\'s `SessionBundle.run` (one call '
         "per formed batch with batching on) for the duration of the benchmark. CPU columns: process CPU seconds per "
         'request, and per wall second ("cores") for our two processes and for everything else on the machine '
         f"(/proc/stat) — with {cores} cores, ours + others near {cores} means the CPUs, not the server, are the limit.",
@@ -888,6 +997,9 @@ def write_markdown(args, info, results, rows, verdicts, wall, disturbance: str) 
 
 - gRPC − in-process p50 at batch 1: **{gap:.2f} ms** — target ≤ {LATENCY_TARGET_MS:g} ms **{latency_verdict}**
 - batching on / off throughput at {top} clients: **{ratio:.2f}×** — target ≥ {BATCHING_TARGET:g}× **{batching_verdict}**
+- metrics recorded and scraped every {SCRAPE_SECONDS:g} s / not recorded, throughput at {top} clients: see the rows
+  "metrics" below — target ≥ {METRICS_TARGET:g}× (the page costs under 2 %); the direct CPU accounting beside it
+  is the steadier figure, since windows move by several % between repetitions
 
 {markdown_table(rows)}
 

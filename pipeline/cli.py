@@ -429,6 +429,12 @@ def _add_serve(commands) -> None:
     _serve_flag(serve, "--grpc-max-threads", type=int, default=16, help="gRPC worker threads (default 16)")
     _serve_flag(serve, "--drain-seconds", type=float, default=30.0, help="on SIGTERM, how long in-flight requests "
                 "may take to finish (default 30)")  # fmt: skip
+    _serve_flag(serve, "--enable-signature-method-name-check", nargs="?", const=True, default=False,
+                type=_true_or_false, metavar="true|false", help="refuse Classify/Regress on signatures whose "
+                "method_name is not theirs, as TF Serving's flag of that name (default off)")  # fmt: skip
+    _serve_flag(serve, "--monitoring-config-file", help="TF Serving MonitoringConfig text proto: with "
+                "prometheus_config { enable: true }, the Prometheus page on the REST port (default path "
+                "/monitoring/prometheus/metrics)")  # fmt: skip
 
     predict = commands.add_parser("predict", help="ask a TF Serving (or petpipe serve) server about images")
     predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files, directories or globs")

@@ -75,6 +75,7 @@ class _Task:
     feeds: dict[str, np.ndarray]
     size: int
     future: Future = field(default_factory=Future)
+    enqueued: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -126,10 +127,13 @@ def _mergeable(batch: _Batch, task: _Task) -> bool:
 
 
 class BatchScheduler:
-    """Queues requests for `run(feeds) -> outputs` (dicts of numpy arrays) and runs them in merged batches."""
+    """Queues requests for `run(feeds) -> outputs` (dicts of numpy arrays) and runs them in merged batches.
+    `metrics` (serving/metrics.py's ServingMetrics) hears what TF Serving's BatchingSession records: each request's
+    input size and time in the queue, each batch's size and padding, each merged run."""
 
-    def __init__(self, run, options: BatchingOptions, name: str = "batch"):
+    def __init__(self, run, options: BatchingOptions, name: str = "batch", metrics=None):
         self._run = run
+        self._metrics = metrics
         self.options = options
         self._queue: list[_Batch] = []
         self._cond = threading.Condition()
@@ -197,6 +201,8 @@ class BatchScheduler:
 
     def _process(self, batch: _Batch) -> None:
         pad_to = next((s for s in self.options.allowed_batch_sizes if s >= batch.size), batch.size)
+        if self._metrics is not None:
+            self._record(batch, pad_to)
         try:
             outputs = self._run(merge_feeds(batch.tasks, pad_to))
             for task, result in zip(batch.tasks, split_outputs(outputs, [t.size for t in batch.tasks]), strict=True):
@@ -205,6 +211,16 @@ class BatchScheduler:
             for task in batch.tasks:
                 if not task.future.done():
                     task.future.set_exception(exc)
+
+    def _record(self, batch: _Batch, pad_to: int) -> None:
+        dequeued = time.monotonic()
+        for task in batch.tasks:
+            # TF Serving's model server passes an empty thread pool name to its batching sessions.
+            self._metrics.record_queuing("", int((dequeued - task.enqueued) * 1e6))
+            for array in task.feeds.values():
+                self._metrics.record_input_batch_size(task.size if array.ndim else 0)
+        self._metrics.record_processed_batch(batch.size, pad_to)
+        self._metrics.record_wrapped_run()
 
     def stop(self) -> None:
         """Finish what is queued, then end the threads; later submits run directly."""

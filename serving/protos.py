@@ -1,9 +1,10 @@
 """TF Serving's configuration files, read with TF Serving's own message definitions.
 
 `--model_config_file` is a ModelServerConfig (shipped in tensorflow-serving-api). `--batching_parameters_file`
-(BatchingParameters, session_bundle_config.proto) and `--ssl_config_file` (SSLConfig, ssl_config.proto) are not
-shipped in the Python package, so their messages are declared here with TF Serving's field names and types; text
-format addresses fields by name, so a file written for the real server parses here and vice versa.
+(BatchingParameters, session_bundle_config.proto), `--ssl_config_file` (SSLConfig, ssl_config.proto) and
+`--monitoring_config_file` (MonitoringConfig, monitoring_config.proto) are not shipped in the Python package, so
+their messages are declared here with TF Serving's field names and types; text format addresses fields by name,
+so a file written for the real server parses here and vice versa.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ _MESSAGES = {
                            ("thread_pool_name", "StringValue"), ("allowed_batch_sizes", "repeated int64"),
                            ("pad_variable_length_inputs", "bool"), ("enable_large_batch_splitting", "BoolValue"),
                            ("max_execution_batch_size", "Int64Value")],
+    "PrometheusConfig": [("enable", "bool"), ("path", "string")],
+    "MonitoringConfig": [("prometheus_config", "PrometheusConfig")],
 }  # fmt: skip
 
 
@@ -41,6 +44,8 @@ def _message_classes() -> dict:
             field = message.field.add(name=name, number=number, label=_Field.LABEL_OPTIONAL)
             if kind.endswith("Value"):
                 field.type, field.type_name = _Field.TYPE_MESSAGE, f".google.protobuf.{kind}"
+            elif kind in _MESSAGES:  # one of ours, declared above it
+                field.type, field.type_name = _Field.TYPE_MESSAGE, f".tensorflow.serving.{kind}"
             elif kind.startswith("repeated "):
                 field.type, field.label = _SCALAR[kind.split()[1]], _Field.LABEL_REPEATED
             else:
@@ -55,6 +60,7 @@ def _message_classes() -> dict:
 _CLASSES = _message_classes()
 SSLConfig = _CLASSES["SSLConfig"]
 BatchingParameters = _CLASSES["BatchingParameters"]
+MonitoringConfig = _CLASSES["MonitoringConfig"]
 ModelServerConfig = model_server_config_pb2.ModelServerConfig
 
 

@@ -2,224 +2,217 @@
 
   GET  /v1/models/{name}[/versions/{v}|/labels/{l}]             → model status
   GET  /v1/models/{name}[/versions/{v}|/labels/{l}]/metadata    → signature defs
-  POST /v1/models/{name}[/versions/{v}|/labels/{l}]:predict     → {"instances": [...]} (row) or {"inputs": ...}
-                                                                   (columnar); bytes as {"b64": "..."}
-  POST /v1/models/{name}[/versions/{v}|/labels/{l}]:classify    → {"examples": [{feature: value}], "context": {}}
-  POST /v1/models/{name}[/versions/{v}|/labels/{l}]:regress       answered {"result": ...}
+  POST /v1/models/{name}[/versions/{v}|/labels/{l}]:predict     → {"instances": [...]} / {"inputs": ...}
+  POST /v1/models/{name}[/versions/{v}|/labels/{l}]:classify    → {"examples": [...], "context": {...}}
+  POST /v1/models/{name}[/versions/{v}|/labels/{l}]:regress
+  GET  /monitoring/prometheus/metrics (--monitoring_config_file) → the Prometheus page (serving/metrics.py)
 
-Row requests answer {"predictions": [...]} (one entry per instance; a dict when there are several outputs),
-columnar ones {"outputs": ...}. Example features are read as TF Serving does: integers → int64_list, other numbers
-→ float_list, strings and {"b64"} → bytes_list. Errors answer {"error": "..."} with the HTTP code of the gRPC
-status, as TF Serving does. Pure core: request_from_json, response_to_json. Thin shell: a ThreadingHTTPServer.
+Ported from TF Serving's http_rest_api_handler.cc, http_rest_api_util.cc and http_server.cc: every path under
+/v1/ (any case) goes to the handler, which answers a path it cannot parse with 400 "Malformed request: <METHOD>
+<path>"; any other path is the HTTP server's 404 page. Errors answer {"error": "..."} with the HTTP code of the
+status (ToHTTPStatusCode); the JSON codec is serving/json_tensor.py (TF Serving's json_tensor.cc). Pure core:
+RestHandler.process. Thin shell: a ThreadingHTTPServer.
 """
 
 from __future__ import annotations
 
-import base64
-import json
 import re
 import socket
 import threading
+import time
+from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote_to_bytes
 
 import grpc
-import numpy as np
-import tensorflow as tf
 from google.protobuf import json_format
 from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
     get_model_status_pb2,
-    input_pb2,
     predict_pb2,
     regression_pb2,
 )
 
-from serving.core import ModelServer, ServingError, log, model_spec
+from serving import json_tensor
+from serving.core import ModelServer, ServingError, log
+from serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
-_PATH = re.compile(
-    r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
-    r"(?P<suffix>/metadata|:predict|:classify|:regress)?$"
+_HANDLED_PATH = re.compile(r"/v1/.*", re.IGNORECASE)  # kHTTPRestApiHandlerPathRegex
+_PREDICTION_PATH = re.compile(  # kPredictionApiGegex
+    r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)", re.IGNORECASE
 )
-HTTP_CODES = {
+_STATUS_PATH = re.compile(  # kModelStatusApiRegex
+    r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:\/(metadata))?", re.IGNORECASE
+)
+_CORS_ORIGIN = re.compile(r"https?://")
+# http_server.cc ToHTTPStatusCode
+_HTTP_CODES = {
+    grpc.StatusCode.OK: HTTPStatus.OK,
+    grpc.StatusCode.CANCELLED: 499,  # CLIENT_CLOSED_REQUEST
+    grpc.StatusCode.UNKNOWN: HTTPStatus.INTERNAL_SERVER_ERROR,
     grpc.StatusCode.INVALID_ARGUMENT: HTTPStatus.BAD_REQUEST,
-    grpc.StatusCode.FAILED_PRECONDITION: HTTPStatus.BAD_REQUEST,
+    grpc.StatusCode.DEADLINE_EXCEEDED: HTTPStatus.GATEWAY_TIMEOUT,
     grpc.StatusCode.NOT_FOUND: HTTPStatus.NOT_FOUND,
+    grpc.StatusCode.ALREADY_EXISTS: HTTPStatus.CONFLICT,
+    grpc.StatusCode.PERMISSION_DENIED: HTTPStatus.FORBIDDEN,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: HTTPStatus.TOO_MANY_REQUESTS,
+    grpc.StatusCode.FAILED_PRECONDITION: HTTPStatus.BAD_REQUEST,
+    grpc.StatusCode.ABORTED: HTTPStatus.CONFLICT,
+    grpc.StatusCode.OUT_OF_RANGE: HTTPStatus.BAD_REQUEST,
     grpc.StatusCode.UNIMPLEMENTED: HTTPStatus.NOT_IMPLEMENTED,
-    grpc.StatusCode.UNAVAILABLE: HTTPStatus.SERVICE_UNAVAILABLE,
     grpc.StatusCode.INTERNAL: HTTPStatus.INTERNAL_SERVER_ERROR,
+    grpc.StatusCode.UNAVAILABLE: HTTPStatus.SERVICE_UNAVAILABLE,
+    grpc.StatusCode.DATA_LOSS: HTTPStatus.INTERNAL_SERVER_ERROR,
+    grpc.StatusCode.UNAUTHENTICATED: HTTPStatus.UNAUTHORIZED,
 }
+# libevent's evhttp_send_error page, which TF Serving's HTTP server sends for a path no handler takes.
+NOT_FOUND_PAGE = b"<HTML><HEAD>\n<TITLE>404 Not Found</TITLE>\n</HEAD><BODY>\n<H1>Not Found</H1>\n</BODY></HTML>\n"
 
 
-def _decode_value(value):
-    """JSON value → numpy-ready value: {"b64": ...} → bytes, strings → UTF-8 bytes, lists recursively."""
-    if isinstance(value, dict):
-        if set(value) != {"b64"}:
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"expected {{'b64': ...}}, got keys {sorted(value)}")
+def http_code(code: grpc.StatusCode) -> int:
+    return int(_HTTP_CODES.get(code, HTTPStatus.INTERNAL_SERVER_ERROR))
+
+
+@dataclass(frozen=True)
+class RestAnswer:
+    """What ProcessRequest gives the HTTP server: the status, the body, and the labels its metrics use."""
+
+    status: grpc.StatusCode
+    body: str
+    model_name: str = ""
+    method: str = ""  # "predict", "classify", "regress", or "" (status and metadata)
+
+
+def _invalid(message: str) -> ServingError:
+    return ServingError(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def _decode_arg(text: str) -> str:
+    """curl_easy_unescape: %XX escapes decoded ('+' stays '+')."""
+    return unquote_to_bytes(text).decode("utf-8", "replace")
+
+
+class RestHandler:
+    """HttpRestApiHandler: one REST request in, one answer out; no sockets."""
+
+    def __init__(self, server: ModelServer):
+        self.server = server
+
+    def process(self, http_method: str, path: str, body: bytes) -> RestAnswer:
+        model_name, method = "", ""
         try:
-            return base64.b64decode(value["b64"], validate=True)
-        except (ValueError, TypeError):
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "'b64' value is not valid base64") from None
-    if isinstance(value, list):
-        return [_decode_value(v) for v in value]
-    if isinstance(value, str):
-        return value.encode("utf-8")
-    return value
+            model_name, version, label, method, subresource, parsed = self._parse(http_method, path)
+            if http_method == "POST" and parsed and method in ("predict", "classify", "regress"):
+                output = getattr(self, f"_{method}")(model_name, version, label, body)
+            elif http_method == "GET" and parsed:
+                if not model_name:
+                    raise _invalid("Missing model name in request.")
+                if subresource == "metadata":
+                    output = self._metadata(model_name, version, label)
+                else:
+                    output = self._status(model_name, version, label)
+            else:
+                raise _invalid(f"Malformed request: {http_method} {path}")
+        except (json_tensor.JsonError, ServingError) as exc:  # MakeJsonFromStatus
+            error = json_tensor.make_json_from_status(exc.code.name, exc.message)
+            return RestAnswer(exc.code, error, model_name, method)
+        return RestAnswer(grpc.StatusCode.OK, output, model_name, method)
 
-
-def _tensor(name: str, value, dtype) -> tf.Tensor:
-    try:
-        array = np.array(_decode_value(value), dtype=object if dtype == tf.string else None)
-        return tf.make_tensor_proto(array, dtype=dtype)
-    except ServingError:
-        raise
-    except (ValueError, TypeError) as exc:
-        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"input '{name}': {exc}") from None
-
-
-def request_from_json(body: dict, model_name: str, version: int | None, label: str | None, signature_defs):
-    """A PredictRequest from TF Serving's REST JSON (row "instances" or columnar "inputs"); returns
-    (request, row_format)."""
-    if not isinstance(body, dict) or ("instances" in body) == ("inputs" in body):
-        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, 'request must have exactly one of "instances" or "inputs"')
-    request = predict_pb2.PredictRequest(model_spec=model_spec(model_name, version, label))
-    signature_name = _signature_name(body)
-    request.model_spec.signature_name = signature_name
-    signature = signature_defs.get(signature_name)
-    if signature is None:
-        raise ServingError(grpc.StatusCode.FAILED_PRECONDITION, f'Serving signature key "{signature_name}" not found.')
-    dtypes = {name: tf.dtypes.as_dtype(info.dtype) for name, info in signature.inputs.items()}
-    row = "instances" in body
-    data = body["instances"] if row else body["inputs"]
-    if row:
-        if not isinstance(data, list) or not data:
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, '"instances" must be a non-empty list')
-        if all(isinstance(i, dict) and "b64" not in i for i in data):  # named inputs per instance
-            columns = {name: [instance.get(name) for instance in data] for name in dtypes}
-        elif len(dtypes) == 1:
-            columns = {next(iter(dtypes)): data}
+    @staticmethod
+    def _parse(http_method: str, path: str):
+        """ParseModelInfo: (model name, version, label, method, subresource, whether the path parsed)."""
+        match = None
+        if http_method == "POST":
+            match = _PREDICTION_PATH.fullmatch(path)
+            groups = match.groups() if match else (None,) * 4
+            name, version, label, method = groups
+            subresource = ""
+        elif http_method == "GET":
+            match = _STATUS_PATH.fullmatch(path)
+            name, version, label, subresource = match.groups() if match else (None,) * 4
+            method = ""
         else:
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "instances must be objects naming each input")
-    else:
-        columns = data if isinstance(data, dict) else {next(iter(dtypes)): data}
-    for name, value in columns.items():
-        if name not in dtypes:
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"unknown input '{name}'; inputs: {sorted(dtypes)}")
-        request.inputs[name].CopyFrom(_tensor(name, value, dtypes[name]))
-    output_filter = body.get("output_filter", [])
-    if not isinstance(output_filter, list) or not all(isinstance(o, str) for o in output_filter):
-        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "'output_filter' must be a list of strings")
-    request.output_filter.extend(output_filter)
-    return request, row
+            name = version = label = method = subresource = None
+        name = _decode_arg(name) if name else ""
+        number = None
+        if version:
+            number = int(version)
+            if number >= 2**63:
+                raise _invalid(f"Failed to convert version: {version} to numeric.")
+        label = _decode_arg(label) if label else None
+        return name, number, label, method or "", subresource or "", match is not None
 
+    def _spec(self, request, name: str, version: int | None, label: str | None) -> None:
+        """FillModelSpecWithNameVersionAndLabel."""
+        request.model_spec.name = name
+        if version is not None:
+            request.model_spec.version.value = version
+        if label is not None:
+            request.model_spec.version_label = label
 
-def _signature_name(body: dict) -> str:
-    name = body.get("signature_name", "")
-    if not isinstance(name, str):  # TF Serving's message
-        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "'signature_name' key must be a string value.")
-    return name or "serving_default"
-
-
-def _json_value(value):
-    array = (
-        value
-        if isinstance(value, np.ndarray)
-        else np.asarray(value, dtype=object if isinstance(value, bytes) else None)
-    )
-    if array.dtype == object:
-        return [_json_value(v) for v in array] if array.ndim else _bytes_to_json(array.item())
-    return array.tolist()
-
-
-def _bytes_to_json(value: bytes):
-    try:
-        return value.decode("utf-8")
-    except UnicodeDecodeError:
-        return {"b64": base64.b64encode(value).decode("ascii")}
-
-
-def response_to_json(response: predict_pb2.PredictResponse, row: bool) -> dict:
-    outputs = {name: tf.make_ndarray(proto) for name, proto in sorted(response.outputs.items())}
-    if not row:
-        return {"outputs": {name: _json_value(array) for name, array in outputs.items()}}
-    if len(outputs) == 1:
-        return {"predictions": _json_value(next(iter(outputs.values())))}
-    count = len(next(iter(outputs.values())))
-    return {"predictions": [{name: _json_value(array[i]) for name, array in outputs.items()} for i in range(count)]}
-
-
-def _feature(name: str, value) -> tf.train.Feature:
-    values = value if isinstance(value, list) else [value]
-    if all(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values):
-        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[_as_bytes(name, v) for v in values]))
-    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        if any(not -(2**63) <= v < 2**63 for v in values):
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"feature '{name}': integer out of int64 range")
-        return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
-    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-        return tf.train.Feature(float_list=tf.train.FloatList(value=values))
-    raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"feature '{name}': mixed value types {values!r}")
-
-
-def _as_bytes(name: str, value) -> bytes:
-    decoded = _decode_value(value)
-    if not isinstance(decoded, bytes):
-        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"feature '{name}': unsupported value {value!r}")
-    return decoded
-
-
-def _example(features) -> tf.train.Example:
-    if not isinstance(features, dict):
-        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"an example must be a JSON object, got {features!r}")
-    return tf.train.Example(
-        features=tf.train.Features(feature={name: _feature(name, value) for name, value in features.items()})
-    )
-
-
-def examples_request_from_json(body, kind: str, name: str, version: int | None, label: str | None):
-    """A ClassificationRequest or RegressionRequest from TF Serving's REST JSON ({"examples", "context"})."""
-    if not isinstance(body, dict) or not isinstance(body.get("examples"), list):
-        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, '"examples" must be a list of objects')
-    message = classification_pb2.ClassificationRequest if kind == "classify" else regression_pb2.RegressionRequest
-    request = message(model_spec=model_spec(name, version, label))
-    request.model_spec.signature_name = _signature_name(body)
-    examples = [_example(e) for e in body["examples"]]
-    if "context" in body:
-        request.input.CopyFrom(
-            input_pb2.Input(
-                example_list_with_context=input_pb2.ExampleListWithContext(
-                    examples=examples, context=_example(body["context"])
-                )
-            )
+    def _predict(self, name: str, version: int | None, label: str | None, body: bytes) -> str:
+        request = predict_pb2.PredictRequest()
+        self._spec(request, name, version, label)
+        fmt = json_tensor.fill_predict_request_from_json(
+            body, lambda signature_name: self._input_infos(request.model_spec, signature_name), request
         )
-    else:
-        request.input.example_list.examples.extend(examples)
-    return request
+        response = self.server.predict(request)
+        return json_tensor.make_json_from_tensors(response.outputs, fmt)
+
+    def _input_infos(self, spec, signature_name: str):
+        """GetInfoMap: the signature's inputs, which say how to read the JSON values."""
+        servable = self.server.servable_for(
+            spec.name,
+            spec.version.value if spec.HasField("version") else None,
+            spec.version_label or None,
+        )
+        key = signature_name or "serving_default"
+        signature = servable.signature_defs.get(key)
+        if signature is None:
+            raise _invalid(f'Serving signature name: "{key}" not found in signature def')
+        return signature.inputs
+
+    def _classify(self, name: str, version: int | None, label: str | None, body: bytes) -> str:
+        request = classification_pb2.ClassificationRequest()
+        self._spec(request, name, version, label)
+        json_tensor.fill_classification_request_from_json(body, request)
+        return json_tensor.make_json_from_classification_result(self.server.classify(request).result)
+
+    def _regress(self, name: str, version: int | None, label: str | None, body: bytes) -> str:
+        request = regression_pb2.RegressionRequest()
+        self._spec(request, name, version, label)
+        json_tensor.fill_regression_request_from_json(body, request)
+        return json_tensor.make_json_from_regression_result(self.server.regress(request).result)
+
+    def _status(self, name: str, version: int | None, label: str | None) -> str:
+        request = get_model_status_pb2.GetModelStatusRequest()
+        self._spec(request, name, version, label)
+        return _message_json(self.server.get_model_status(request), preserve_names=False)
+
+    def _metadata(self, name: str, version: int | None, label: str | None) -> str:
+        """ToJsonString(GetModelMetadataResponse): the model spec and the unpacked SignatureDefMap, put together
+        as TF Serving's handler writes them."""
+        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        self._spec(request, name, version, label)
+        response = self.server.get_model_metadata(request)
+        signatures = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(signatures)
+        return (
+            f'{{\n"model_spec":{_message_json(response.model_spec)},\n'
+            f'"metadata": {{"signature_def": {_message_json(signatures)}}}\n}}\n'
+        )
 
 
-def examples_response_to_json(response, kind: str) -> dict:
-    """{"result": [[[label, score], ...], ...]} for classify, {"result": [value, ...]} for regress."""
-    if kind == "classify":
-        return {"result": [[[c.label, c.score] for c in item.classes] for item in response.result.classifications]}
-    return {"result": [r.value for r in response.result.regressions]}
-
-
-def _status_json(server: ModelServer, name: str, version: int | None, label: str | None) -> dict:
-    request = get_model_status_pb2.GetModelStatusRequest(model_spec=model_spec(name, version, label))
-    return json_format.MessageToDict(server.get_model_status(request), preserving_proto_field_name=True)
-
-
-def _metadata_json(server: ModelServer, name: str, version: int | None, label: str | None) -> dict:
-    request = get_model_metadata_pb2.GetModelMetadataRequest(model_spec=model_spec(name, version, label))
-    request.metadata_field.append("signature_def")
-    response = server.get_model_metadata(request)
-    signatures = get_model_metadata_pb2.SignatureDefMap()
-    response.metadata["signature_def"].Unpack(signatures)
-    return {
-        "model_spec": json_format.MessageToDict(response.model_spec, preserving_proto_field_name=True),
-        "metadata": {"signature_def": json_format.MessageToDict(signatures, preserving_proto_field_name=True)},
-    }
+def _message_json(message, preserve_names: bool = True) -> str:
+    """MessageToJsonString with add_whitespace and always_print_fields_with_no_presence, as TF Serving's."""
+    return json_format.MessageToJson(
+        message,
+        always_print_fields_with_no_presence=True,
+        preserving_proto_field_name=preserve_names,
+        indent=1,
+    )
 
 
 class _InFlight:
@@ -248,7 +241,9 @@ class _InFlight:
             self.cond.wait_for(lambda: self.count == 0, timeout)
 
 
-def _handler(server: ModelServer, max_body_bytes: int, in_flight: _InFlight):
+def _http_handler(handler: RestHandler, max_body_bytes: int, in_flight: _InFlight, metrics_path: str | None):
+    metrics = handler.server.metrics
+
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         timeout = 60  # an idle or stalled connection is closed instead of holding a thread forever
@@ -262,76 +257,67 @@ def _handler(server: ModelServer, max_body_bytes: int, in_flight: _InFlight):
             # delayed ACK (~40 ms per request on Linux).
             self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-        def _send(self, code: int, payload: dict) -> None:
-            body = json.dumps(payload).encode()
+        def _send(self, code: int, body: bytes, content_type: str = "application/json") -> None:
             self.send_response(code)
             if not self.body_read and self.headers.get("Content-Length", "0") not in ("", "0"):
                 # An unread body must not be taken for the next request: answer, then close (this header also
                 # sets close_connection).
                 self.send_header("Connection", "close")
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
 
-        def _route(self, method: str):
-            match = _PATH.match(self.path.split("?", 1)[0])
-            if not match:
-                return self._send(HTTPStatus.NOT_FOUND, {"error": f"Malformed request: {method} {self.path}"})
-            name, suffix, label = match["name"], match["suffix"], match["label"]
-            version = int(match["version"]) if match["version"] else None
-            if version is not None and version >= 2**63:
-                return self._send(HTTPStatus.BAD_REQUEST, {"error": f"version {version} is out of int64 range"})
-            try:
-                if method == "GET" and suffix is None:
-                    return self._send(HTTPStatus.OK, _status_json(server, name, version, label))
-                if method == "GET" and suffix == "/metadata":
-                    return self._send(HTTPStatus.OK, _metadata_json(server, name, version, label))
-                if method == "POST" and suffix == ":predict":
-                    return self._send(HTTPStatus.OK, self._predict(name, version, label))
-                if method == "POST" and suffix in (":classify", ":regress"):
-                    kind = suffix[1:]
-                    request = examples_request_from_json(self._body(), kind, name, version, label)
-                    response = (server.classify if kind == "classify" else server.regress)(request)
-                    return self._send(HTTPStatus.OK, examples_response_to_json(response, kind))
-                return self._send(HTTPStatus.NOT_FOUND, {"error": f"Malformed request: {method} {self.path}"})
-            except ServingError as exc:
-                return self._send(HTTP_CODES.get(exc.code, HTTPStatus.INTERNAL_SERVER_ERROR), {"error": exc.message})
-            except (ValueError, TypeError, OverflowError, RecursionError) as exc:  # JSON of the wrong shape
-                return self._send(HTTPStatus.BAD_REQUEST, {"error": f"malformed request: {type(exc).__name__}: {exc}"})
-            except Exception as exc:  # never drop the connection without an answer
-                log.exception("REST %s %s", method, self.path)
-                return self._send(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"{type(exc).__name__}: {exc}"})
-
-        def _body(self):
+        def _read_body(self) -> bytes | None:
+            """The request body, or None after answering a body we will not read."""
             try:
                 length = int(self.headers.get("Content-Length") or 0)
             except ValueError:
-                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "Content-Length is not a number") from None
-            if length > max_body_bytes:
-                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"request body over {max_body_bytes} bytes")
+                length = -1
+            if length < 0 or length > max_body_bytes:
+                message = f"request body over {max_body_bytes} bytes" if length > 0 else "bad Content-Length"
+                body = json_tensor.make_json_from_status("INVALID_ARGUMENT", message).encode()
+                self._send(HTTPStatus.BAD_REQUEST, body)
+                return None
             data = self.rfile.read(length)
             self.body_read = True
-            try:
-                return json.loads(data or b"null")
-            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"JSON Parse error: {exc}") from None
-
-        def _predict(self, name: str, version: int | None, label: str | None) -> dict:
-            body = self._body()
-            servable = server.servable_for(name, version, label)
-            request, row = request_from_json(body, name, version, label, servable.signature_defs)
-            return response_to_json(server.predict(request), row)
+            return data
 
         def _serve(self, method: str) -> None:
             self.body_read = False
             if not in_flight.enter():
                 self.close_connection = True
-                return self._send(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "Server is shutting down"})
+                body = json_tensor.make_json_from_status("UNAVAILABLE", "Server is shutting down").encode()
+                return self._send(HTTPStatus.SERVICE_UNAVAILABLE, body)
             try:
                 self._route(method)
+            except Exception as exc:  # never drop the connection without an answer
+                log.exception("REST %s %s", method, self.path)
+                body = json_tensor.make_json_from_status("INTERNAL", f"{type(exc).__name__}: {exc}").encode()
+                self._send(HTTPStatus.INTERNAL_SERVER_ERROR, body)
             finally:
                 in_flight.leave()
+
+        def _route(self, method: str) -> None:
+            path = self.path.split("?", 1)[0]
+            if metrics_path is not None and path == metrics_path:  # a registered URI handler: any method
+                return self._send(HTTPStatus.OK, metrics.render().encode(), METRICS_CONTENT_TYPE)
+            if not _HANDLED_PATH.fullmatch(path):
+                if self._read_body() is not None:  # None: already answered (a body we will not read)
+                    self._send(HTTPStatus.NOT_FOUND, NOT_FOUND_PAGE, "text/html")
+                return
+            started = time.perf_counter()
+            body = self._read_body()
+            if body is None:
+                return
+            if method == "OPTIONS":  # CORS preflight: an empty answer, 400 without an http(s) Origin
+                ok = bool(_CORS_ORIGIN.search(self.headers.get("Origin", "")))
+                answer = RestAnswer(grpc.StatusCode.OK if ok else grpc.StatusCode.FAILED_PRECONDITION, "")
+            else:
+                answer = handler.process(method, path, body)
+            self._send(http_code(answer.status), answer.body.encode())
+            latency = int((time.perf_counter() - started) * 1e6)
+            metrics.record_request(answer.model_name, answer.method, "REST", answer.status.name, latency)
 
         def do_GET(self):  # noqa: N802 (http.server's naming)
             self._serve("GET")
@@ -339,20 +325,36 @@ def _handler(server: ModelServer, max_body_bytes: int, in_flight: _InFlight):
         def do_POST(self):  # noqa: N802
             self._serve("POST")
 
-        def do_PUT(self):  # noqa: N802 — other methods get TF Serving's JSON 404, not http.server's HTML 501
+        def do_PUT(self):  # noqa: N802
             self._serve("PUT")
 
-        do_DELETE = do_PATCH = do_OPTIONS = do_PUT
+        def do_DELETE(self):  # noqa: N802
+            self._serve("DELETE")
+
+        def do_PATCH(self):  # noqa: N802
+            self._serve("PATCH")
+
+        def do_OPTIONS(self):  # noqa: N802
+            self._serve("OPTIONS")
 
     return Handler
 
 
 class RestServer:
-    """TF Serving's REST API on host:port (port 0 picks a free one), in a background thread."""
+    """TF Serving's REST API on host:port (port 0 picks a free one), in a background thread; with metrics_path,
+    the Prometheus page too."""
 
-    def __init__(self, model_server: ModelServer, host: str = "127.0.0.1", port: int = 8501, max_body_bytes=64 << 20):
+    def __init__(
+        self,
+        model_server: ModelServer,
+        host: str = "127.0.0.1",
+        port: int = 8501,
+        max_body_bytes=64 << 20,
+        metrics_path: str | None = None,
+    ):
         self._in_flight = _InFlight()
-        self.httpd = ThreadingHTTPServer((host, port), _handler(model_server, max_body_bytes, self._in_flight))
+        handler = _http_handler(RestHandler(model_server), max_body_bytes, self._in_flight, metrics_path)
+        self.httpd = ThreadingHTTPServer((host, port), handler)
         # stop() waits for requests being answered (a graceful drain), not for idle keep-alive connections.
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]

@@ -8,6 +8,7 @@ file poller (--model_config_file_poll_wait_seconds), and a graceful stop that dr
 from __future__ import annotations
 
 import threading
+import time
 from concurrent import futures
 from dataclasses import dataclass
 
@@ -16,19 +17,29 @@ from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_p
 
 from serving.batching import BatchingOptions
 from serving.core import LoadRetry, ModelServer, ServingError, ServingLimits, log, single_model_config
+from serving.metrics import ServingMetrics, read_monitoring_config
 from serving.protos import BatchingParameters, ConfigFileError, ModelServerConfig, SSLConfig, read_text_proto
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
-def _answer(context, method, request):
+def _answer(context, method, request, api: str | None = None, metrics: ServingMetrics | None = None):
+    """Call the core; a ServingError becomes its gRPC status. Predict/Classify/Regress (`api`) are counted as
+    prediction_service_impl.cc counts them: request_count by status, request_latency when OK."""
+    started, status = time.perf_counter(), "OK"
     try:
         return method(request)
     except ServingError as exc:
+        status = exc.code.name
         context.abort(exc.code, exc.message)
     except Exception as exc:  # never crash the server on one request
+        status = "INTERNAL"
         log.exception("internal error")
         context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+    finally:
+        if api is not None:
+            latency = int((time.perf_counter() - started) * 1e6)
+            metrics.record_request(request.model_spec.name, api, "GRPC", status, latency)
 
 
 class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
@@ -36,13 +47,13 @@ class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         self.server = server
 
     def Predict(self, request, context):  # noqa: N802 (gRPC's naming)
-        return _answer(context, self.server.predict, request)
+        return _answer(context, self.server.predict, request, "Predict", self.server.metrics)
 
     def Classify(self, request, context):  # noqa: N802
-        return _answer(context, self.server.classify, request)
+        return _answer(context, self.server.classify, request, "Classify", self.server.metrics)
 
     def Regress(self, request, context):  # noqa: N802
-        return _answer(context, self.server.regress, request)
+        return _answer(context, self.server.regress, request, "Regress", self.server.metrics)
 
     def MultiInference(self, request, context):  # noqa: N802
         return _answer(context, self.server.multi_inference, request)
@@ -85,6 +96,8 @@ class ServeOptions:
     max_num_load_retries: int = 5
     load_retry_interval_micros: int = 60_000_000
     drain_seconds: float = 30.0
+    enable_signature_method_name_check: bool = False
+    monitoring_config_file: str | None = None
 
 
 def model_server_config(options: ServeOptions) -> ModelServerConfig:
@@ -104,6 +117,15 @@ def batching_options(options: ServeOptions) -> BatchingOptions | None:
         return BatchingOptions()
     path = options.batching_parameters_file
     return BatchingOptions.from_proto(read_text_proto(path, BatchingParameters), path)
+
+
+def monitoring_path(options: ServeOptions) -> str | None:
+    """Where the REST port serves the Prometheus page, or None. As TF Serving's main: the monitoring config is read
+    only when there is a REST port; a file that does not parse stops the start."""
+    if not options.monitoring_config_file or options.rest_api_port is None:
+        return None
+    enabled, path = read_monitoring_config(options.monitoring_config_file)
+    return path if enabled else None
 
 
 def server_credentials(path: str) -> grpc.ServerCredentials:
@@ -198,12 +220,14 @@ def start_server(
             file_system_poll_wait_seconds=poll_seconds,
             rest_api_port=rest_api_port,
         )
+    metrics_path = monitoring_path(options)
     model_server = ModelServer(
         model_server_config(options),
         batching=batching_options(options),
         limits=ServingLimits(options.max_request_batch, options.max_string_bytes),
         allowed_roots=options.allowed_base_path_roots or None,
         load_retry=LoadRetry(options.max_num_load_retries, options.load_retry_interval_micros / 1e6),
+        method_name_check=options.enable_signature_method_name_check,
     )
     credentials = server_credentials(options.ssl_config_file) if options.ssl_config_file else None
     model_server.poll()
@@ -226,5 +250,5 @@ def start_server(
     if options.rest_api_port is not None:
         from serving.rest import RestServer
 
-        rest = RestServer(model_server, options.host, options.rest_api_port, options.max_message_bytes)
+        rest = RestServer(model_server, options.host, options.rest_api_port, options.max_message_bytes, metrics_path)
     return RunningServer(server, model_server, bound, options, rest)

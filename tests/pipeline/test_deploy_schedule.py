@@ -22,7 +22,7 @@ from pipeline.cli import build_parser
 from pipeline.config import load_config
 from pipeline.errors import EXIT_NOT_BLESSED
 from pipeline.lock import LockedError
-from serving.protos import BatchingParameters, parse_text_proto, read_text_proto
+from serving.protos import BatchingParameters, MonitoringConfig, parse_text_proto, read_text_proto
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEPLOY = os.path.join(REPO, "deploy")
@@ -276,15 +276,41 @@ def test_tf_serving_flags_are_the_compose_flags_and_petpipe_serve_accepts_them()
     assert set(_flags(args)) == set(_flags(compose))  # the same server set-up as deploy/serving/
 
 
-def test_batching_configmap_holds_the_deploy_serving_batching_parameters_where_the_flag_points():
-    configmap = _manifests()["ConfigMap", "petpipe-serving-batching"]
-    path = _flags(_serving_container()["args"])["--batching_parameters_file"]
+@pytest.mark.parametrize(
+    "flag, configmap_name, repo_file, message",
+    [
+        (
+            "--batching_parameters_file",
+            "petpipe-serving-batching",
+            "serving/batching_parameters.txt",
+            BatchingParameters,
+        ),
+        (
+            "--monitoring_config_file",
+            "petpipe-serving-monitoring",
+            "prometheus/monitoring_config.txt",
+            MonitoringConfig,
+        ),
+    ],  # fmt: skip
+)
+def test_configmaps_hold_the_deploy_config_files_where_the_flags_point(flag, configmap_name, repo_file, message):
+    configmap = _manifests()["ConfigMap", configmap_name]
+    path = _flags(_serving_container()["args"])[flag]
     text = configmap["data"][os.path.basename(path)]
-    parsed = parse_text_proto(text, BatchingParameters(), "batching-configmap.yaml")
-    assert parsed == read_text_proto(os.path.join(DEPLOY, "serving", "batching_parameters.txt"), BatchingParameters)
-    assert parsed.max_batch_size.value > 0
+    parsed = parse_text_proto(text, message(), f"{configmap_name}.yaml")
+    assert parsed == read_text_proto(os.path.join(DEPLOY, repo_file), message)
+    assert parsed.ByteSize() > 0  # not an empty file
     mount, volume = _mount_of(path, _mounts(_serving_pod()["spec"], _serving_container()))
-    assert mount["mountPath"] == os.path.dirname(path) and volume["configMap"]["name"] == "petpipe-serving-batching"
+    assert mount["mountPath"] == os.path.dirname(path) and volume["configMap"]["name"] == configmap_name
+
+
+def test_pods_are_annotated_for_prometheus_at_the_monitoring_config_path():
+    annotations = _serving_pod()["metadata"]["annotations"]
+    ports = {port["name"]: port["containerPort"] for port in _serving_container()["ports"]}
+    monitoring = read_text_proto(os.path.join(DEPLOY, "prometheus", "monitoring_config.txt"), MonitoringConfig)
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == str(ports["http"])
+    assert annotations["prometheus.io/path"] == monitoring.prometheus_config.path
 
 
 def test_probes_ask_the_rest_api_for_the_model_and_the_service_exposes_both_ports():

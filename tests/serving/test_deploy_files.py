@@ -3,6 +3,7 @@ flags and files of the docker-compose service, and must serve the exported direc
 
 import os
 import shutil
+import urllib.request
 
 import tensorflow as tf
 import yaml
@@ -23,13 +24,15 @@ def test_compose_flags_and_files_serve_the_exported_directory(exported_model, tm
     with open(os.path.join(DEPLOY, "docker-compose.yml")) as f:
         service = yaml.safe_load(f)["services"]["tf-serving"]
     mounts = {v.split(":")[1]: v.split(":")[0] for v in service["volumes"]}
-    assert "/config/batching_parameters.txt" in mounts  # the file the command names is mounted
-    flags = [
-        flag.replace("${PETPIPE_SERVING_DIR}", serving_dir).replace(
-            "/config/batching_parameters.txt", os.path.join(DEPLOY, "batching_parameters.txt")
-        )
-        for flag in service["command"]
-    ]
+    config_files = {target: os.path.normpath(os.path.join(DEPLOY, source)) for target, source in mounts.items()
+                    if target.startswith("/config/")}  # fmt: skip
+    assert set(config_files) == {"/config/batching_parameters.txt", "/config/monitoring_config.txt"}
+    flags = []
+    for flag in service["command"]:  # every file a flag names is mounted; here it is read from the repo
+        flag = flag.replace("${PETPIPE_SERVING_DIR}", serving_dir)
+        for target, source in config_files.items():
+            flag = flag.replace(target, source)
+        flags.append(flag)
     assert "--enable_batching=true" in flags
     with serving_process(flags, str(tmp_path)) as server:  # our --port/--rest_api_port come last and win
         request = predict_pb2.PredictRequest()
@@ -40,6 +43,12 @@ def test_compose_flags_and_files_serve_the_exported_directory(exported_model, tm
         assert response.model_spec.version.value == 1
         assert tf.make_ndarray(response.outputs["breed"])[0].decode()
         assert "models: pets" in server.log()
+        # The Prometheus page where deploy/prometheus/prometheus.yml scrapes it, with the request just answered.
+        with open(os.path.join(REPO, "deploy", "prometheus", "prometheus.yml")) as f:
+            metrics_path = yaml.safe_load(f)["scrape_configs"][0]["metrics_path"]
+        with urllib.request.urlopen(server.rest + metrics_path, timeout=30) as answer:
+            page = answer.read().decode()
+        assert ':tensorflow:serving:request_count{model_name="pets",status="OK"} 1' in page
 
 
 def test_ssl_config_example_is_a_valid_tf_serving_ssl_config():

@@ -32,6 +32,7 @@ from tensorflow_serving.apis import (
 )
 
 from schemas import IMAGE_ENCODED
+from serving.rest import NOT_FOUND_PAGE
 from tests.image_factory import DAMAGED_JPEG, encode, jpeg_bytes, png_header_only, quadrants
 from tests.serving.server_process import serving_process
 
@@ -542,8 +543,11 @@ def _rest_case(rng: random.Random, corpus: Corpus) -> tuple[str, str, bytes | No
     return method, path, _mutate(rng, data) if rng.random() < 0.15 else data
 
 
-def _rest_problem(status: int, raw: bytes) -> str:
-    """What is wrong with a REST answer ("" if nothing): TF Serving answers JSON objects, {"error": ...} on errors."""
+def _rest_problem(path: str, status: int, raw: bytes) -> str:
+    """What is wrong with a REST answer ("" if nothing): TF Serving answers JSON objects, {"error": ...} on errors,
+    for paths under /v1/; its HTTP server answers any other path with libevent's 404 page."""
+    if not path.split("?")[0].lower().startswith("/v1/"):
+        return "" if (status, raw) == (404, NOT_FOUND_PAGE) else f"HTTP {status} outside /v1/: {raw[:60]!r}"
     try:
         payload = json.loads(raw)
     except ValueError:
@@ -554,7 +558,7 @@ def _rest_problem(status: int, raw: bytes) -> str:
         return f"HTTP {status}: {str(payload.get('error'))[:70]}"
     if status != 200 and not isinstance(payload.get("error"), str):
         return f"HTTP {status} without an error message"
-    if status == 200 and not {"predictions", "outputs", "result", "model_version_status", "metadata"} & set(payload):
+    if status == 200 and not {"predictions", "outputs", "results", "model_version_status", "metadata"} & set(payload):
         return f"HTTP 200 with unexpected keys {sorted(payload)[:5]}"
     return ""
 
@@ -580,7 +584,7 @@ def test_rest_answers_malformed_and_odd_requests_with_json_and_tf_serving_codes(
             connection = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
             continue
         findings.outcomes[status] += 1
-        problem = _rest_problem(status, raw)
+        problem = _rest_problem(path, status, raw)
         if problem:
             findings.add(problem, f"{example}; answer {raw[:150]!r}")
         if fuzzed.server.process.poll() is not None:

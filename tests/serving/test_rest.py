@@ -79,11 +79,16 @@ def test_status_and_metadata(rest):
         ("/v1/models/cats:predict", {"instances": [_b64(b"x")]}, 404, "Servable not found for request: Latest(cats)"),
         ("/v1/models/pets/versions/9:predict", {"instances": [_b64(b"x")]}, 404, "Specific(pets, 9)"),
         ("/v1/models/pets:predict", {"instances": [_b64(DAMAGED_JPEG)]}, 400, "Invalid JPEG data"),
-        ("/v1/models/pets:predict", {"signature_name": "nope", "instances": [1]}, 400, 'key "nope" not found'),
-        ("/v1/models/pets:predict", {"rows": []}, 400, 'exactly one of "instances" or "inputs"'),
-        ("/v1/models/pets:predict", {"instances": [{"b64": "%%%"}]}, 400, "not valid base64"),
+        (
+            "/v1/models/pets:predict",
+            {"signature_name": "nope", "instances": [1]},
+            400,
+            'Serving signature name: "nope" not found in signature def',
+        ),
+        ("/v1/models/pets:predict", {"rows": []}, 400, "Missing 'inputs' or 'instances' key"),
+        ("/v1/models/pets:predict", {"instances": [{"b64": "%%%"}]}, 400, "Unable to base64 decode"),
         ("/v1/models/pets:predict", b"{not json", 400, "JSON Parse error"),
-        ("/v1/models/pets:explode", {"instances": []}, 404, "Malformed request"),
+        ("/v1/models/pets:explode", {"instances": []}, 400, "Malformed request: POST /v1/models/pets:explode"),
     ],
 )
 def test_errors_answer_with_tf_serving_codes(rest, path, body, code, says):

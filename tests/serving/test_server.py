@@ -110,13 +110,20 @@ def test_errors_use_tf_serving_status_codes(server):
     wrong_key.model_spec.name = "pets"
     wrong_key.inputs["images"].CopyFrom(tf.make_tensor_proto([b"x"]))
     code, details = _code(lambda: stub.Predict(wrong_key, timeout=10))
-    assert code == grpc.StatusCode.INVALID_ARGUMENT and "Missing but required: {image_bytes}" in details
+    # As many inputs as the signature's, but another name: saved_model::GetInputValues' message.
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details == (
+        "Signature input alias: image_bytes(feed name: serving_default_image_bytes:0) not found in request and no "
+        "default value provided. Inputs expected to be in the request {images}, or default input alias set: "
+    )
+    wrong_key.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto([b"x"]))
+    code, details = _code(lambda: stub.Predict(wrong_key, timeout=10))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "Sent extra: {images}. Missing but required: {}." in details
 
     wrong_type = predict_pb2.PredictRequest()
     wrong_type.model_spec.name = "pets"
     wrong_type.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto([1.0, 2.0]))
     code, details = _code(lambda: stub.Predict(wrong_type, timeout=10))
-    assert code == grpc.StatusCode.INVALID_ARGUMENT and "to be string but float is provided" in details
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details == "Expects arg[0] to be string but float is provided"
 
     bad_filter = _request([_jpeg(0)])
     bad_filter.output_filter.append("colour")
@@ -190,7 +197,7 @@ def test_warmup_requests_are_replayed_before_serving(small_model, hierarchy, tmp
     import logging
 
     from components.export import export_model
-    from serving.core import load_version, warm_up
+    from serving.core import ServingError, load_version, warm_up
 
     _, path = export_model(small_model, hierarchy, str(tmp_path / "pets"), 32, warmup_images=[_jpeg((1, 2, 3))] * 2)
     with caplog.at_level(logging.INFO, logger="petpipe.serve"):
@@ -203,8 +210,10 @@ def test_warmup_requests_are_replayed_before_serving(small_model, hierarchy, tmp
     bad.predict_log.request.model_spec.signature_name = "nope"
     with tf.io.TFRecordWriter(os.path.join(path, "assets.extra", "tf_serving_warmup_requests")) as writer:
         writer.write(bad.SerializeToString())
-    with pytest.raises(KeyError):  # a warmup request that cannot run fails the load: the version is never served
+    # A warmup request that cannot run fails the load with the request's own status: the version is never served.
+    with pytest.raises(ServingError, match='Serving signature key "nope" not found.') as failed:
         load_version(path, 1)
+    assert failed.value.code == grpc.StatusCode.FAILED_PRECONDITION
 
 
 def test_a_half_written_version_is_retried_and_served_once_complete(exported_model, tmp_path):
