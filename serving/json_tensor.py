@@ -18,6 +18,7 @@ message become U+FFFD (C++ writes them raw).
 from __future__ import annotations
 
 import base64
+import binascii
 import enum
 import itertools
 import json
@@ -952,6 +953,11 @@ _BASE64_TEXT = re.compile(rb"([A-Za-z0-9+/\s]*)([=.\s]*)")
 
 def _base64_unescape(text: str) -> bytes | None:
     """absl::Base64Unescape(): whitespace ignored, padding ('=' or '.') optional but if present exactly right."""
+    if len(text) % 4 == 0:  # the usual canonical form (padded, no whitespace) decodes alike; the rest is checked below
+        try:
+            return base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            pass
     match = _BASE64_TEXT.fullmatch(_utf8(text))
     if match is None:
         return None
