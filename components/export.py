@@ -43,7 +43,7 @@ from components import fileio
 from components.model import SPECIES_HEAD, breed_head, hierarchical_answer
 from components.preprocess import decode_and_resize
 from schemas import IMAGE_ENCODED, Hierarchy
-from schemas.versions import version_dirs
+from schemas.serving_layout import WARMUP_FILE, version_dirs
 
 IMAGE_BYTES_INPUT = "image_bytes"
 EXAMPLES_INPUT = "examples"
@@ -169,7 +169,6 @@ def _version_dirs(model_base_path: str) -> dict[int, str]:
     return version_dirs(tf.io.gfile.listdir(model_base_path))
 
 
-WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 MODELS_CONFIG = "models.config"
 
 

@@ -40,6 +40,8 @@ Examples:
   petpipe serve --model-base-path petpipe-work/serving/pets --rest-api-port 8501
   petpipe serve --model_config_file=petpipe-work/serving/models.config --enable_batching \\
       --batching_parameters_file=deploy/serving/batching_parameters.txt
+  petpipe serve --model_name=half_plus_two --model_base_path=saved_model_half_plus_two_cpu --rest_api_port=8501 \\
+      --monitoring_config_file=deploy/prometheus/monitoring_config.txt   # TF Serving's own examples work as is
 SIGTERM (or Ctrl-C) refuses new requests, lets in-flight ones finish, then exits 0.
 """
 

@@ -26,6 +26,7 @@ import grpc
 import numpy as np
 
 from serving.protos import BatchingParameters, ConfigFileError
+from serving.status import ServingError
 
 
 @dataclass(frozen=True)
@@ -63,13 +64,6 @@ class BatchingOptions:
             )
 
 
-class BatchingError(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
 @dataclass
 class _Task:
     feeds: dict[str, np.ndarray]
@@ -100,7 +94,7 @@ def split_outputs(outputs: dict[str, np.ndarray], sizes: list[int]) -> list[dict
     total = sum(sizes)
     for name, array in outputs.items():
         if array.ndim == 0 or array.shape[0] < total:
-            raise BatchingError(
+            raise ServingError(
                 grpc.StatusCode.INTERNAL, f"batched output '{name}' has shape {list(array.shape)}; cannot split it"
             )
     bounds = np.cumsum([0, *sizes])
@@ -110,7 +104,7 @@ def split_outputs(outputs: dict[str, np.ndarray], sizes: list[int]) -> list[dict
 def task_size(feeds: dict[str, np.ndarray]) -> int:
     sizes = {array.shape[0] if array.ndim else -1 for array in feeds.values()}
     if len(sizes) != 1 or -1 in sizes:
-        raise BatchingError(
+        raise ServingError(
             grpc.StatusCode.INVALID_ARGUMENT, "Batching Run() input tensors must have equal 0th-dimension size"
         )
     return sizes.pop()
@@ -150,7 +144,7 @@ class BatchScheduler:
         size = task_size(feeds)
         limit = self.options.max_batch_size
         if size > limit and not self.options.enable_large_batch_splitting:
-            raise BatchingError(
+            raise ServingError(
                 grpc.StatusCode.INVALID_ARGUMENT, f"Task size {size} is larger than maximum input batch size {limit}"
             )
         pieces = [
@@ -172,7 +166,7 @@ class BatchScheduler:
         last = self._queue[-1] if self._queue else None
         if last is None or last.size + task.size > self.options.max_batch_size or not _mergeable(last, task):
             if len(self._queue) >= self.options.max_enqueued_batches:
-                raise BatchingError(
+                raise ServingError(
                     grpc.StatusCode.UNAVAILABLE, "The batch scheduling queue to which this task was submitted is full"
                 )
             last = _Batch()

@@ -5,7 +5,8 @@ talk to; production runs the real one on the same directory. It follows TF Servi
 
 * models come from a ModelServerConfig (`--model_config_file`, or one `--model_name`/`--model_base_path`); under
   each base path a child is a version when its name parses as an int64, "00000123" included, and is loaded from
-  the directory as named (schemas/versions.py); anything else, such as an exporter's staging directory, is skipped;
+  the directory as named (schemas/serving_layout.py); anything else, e.g. an exporter's staging directory, is
+  skipped;
 * the version policy picks the aspired versions: `latest { num_versions: N }` (default N=1), `all`, or
   `specific { versions: ... }`; polling loads new aspired versions (warmup replayed first) and unloads the others
   once an aspired version is available — so a version that fails to load leaves the previous one serving;
@@ -43,7 +44,7 @@ from tensorflow_serving.apis import (
     status_pb2,
 )
 
-from schemas.versions import version_dirs
+from schemas.serving_layout import version_dirs
 from serving.batching import BatchingOptions
 from serving.inference import (
     DEFAULT_SIGNATURE,
@@ -371,10 +372,10 @@ class ModelServer:
             return run_regress(servable, request, self.policy)
 
     def multi_inference(self, request) -> inference_pb2.MultiInferenceResponse:
-        """TF Serving's RunMultiInference: the first task's ModelSpec picks the version for every task."""
-        if not request.tasks:
-            raise invalid("MultiInferenceRequest must contain at least one task")
-        with self._handle(request, request.tasks[0].model_spec) as servable:
+        """RunMultiInferenceWithServerCore: the first task's ModelSpec picks the version for every task (no task:
+        an empty ModelSpec, which names no model)."""
+        spec = request.tasks[0].model_spec if request.tasks else model_pb2.ModelSpec()
+        with self._handle(request, spec) as servable:
             return run_multi_inference(servable, request, self.policy)
 
     def get_model_metadata(self, request) -> get_model_metadata_pb2.GetModelMetadataResponse:
@@ -434,7 +435,7 @@ def _error_code(exc: Exception) -> int:
 
 
 def _version_dirs(base_path: str) -> dict[int, str]:
-    """version → directory name under a base path (schemas/versions.py has TF Serving's rules)."""
+    """version → directory name under a base path (schemas/serving_layout.py has TF Serving's rules)."""
     if not tf.io.gfile.isdir(base_path):
         return {}
     return version_dirs(tf.io.gfile.listdir(base_path))

@@ -34,7 +34,8 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
-from serving.batching import BatchingError, BatchingOptions, BatchScheduler
+from schemas.serving_layout import WARMUP_FILE
+from serving.batching import BatchingOptions, BatchScheduler
 from serving.bundle import SessionBundle, load_bundle
 from serving.metrics import ServingMetrics, status_string
 from serving.status import ServingError, invalid
@@ -45,7 +46,6 @@ DEFAULT_SIGNATURE = "serving_default"
 PREDICT_METHOD = "tensorflow/serving/predict"
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 REGRESS_METHOD = "tensorflow/serving/regress"
-WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 MAX_WARMUP_RECORDS = 1000  # WarmupConsts::kMaxNumRecords
 
 
@@ -101,10 +101,7 @@ class LoadedVersion:
                     metrics=self.metrics,
                 )
                 self._batchers[key] = batcher
-        try:
-            outputs = batcher.submit(feeds)
-        except BatchingError as exc:
-            raise ServingError(exc.code, exc.message) from None
+        outputs = batcher.submit(feeds)
         return [outputs[name] for name in fetches]
 
     def unload(self) -> None:
@@ -117,8 +114,9 @@ class LoadedVersion:
 
 
 def load_version(
-    path: str, version: int, batching: BatchingOptions | None = None, policy: RequestPolicy = RequestPolicy()
+    path: str, version: int, batching: BatchingOptions | None = None, policy: RequestPolicy | None = None
 ) -> LoadedVersion:
+    policy = policy or RequestPolicy()
     bundle = load_bundle(path)
     loaded = LoadedVersion(version, bundle, batching, policy.metrics)
     try:
@@ -131,9 +129,10 @@ def load_version(
     return loaded
 
 
-def warm_up(loaded: LoadedVersion, policy: RequestPolicy = RequestPolicy()) -> int:
+def warm_up(loaded: LoadedVersion, policy: RequestPolicy | None = None) -> int:
     """Replay the version's warmup file (PredictionLog records) through the request path, as TF Serving does before
     a version takes traffic; a failing record fails the load. Returns how many records were replayed."""
+    policy = policy or RequestPolicy()
     path = os.path.join(loaded.path, WARMUP_FILE)
     if not tf.io.gfile.exists(path):
         return 0

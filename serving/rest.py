@@ -36,7 +36,7 @@ from tensorflow_serving.apis import (
 )
 
 from serving import json_tensor
-from serving.core import ModelServer, ServingError, log
+from serving.core import ModelServer, ServingError, log, model_spec
 from serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
 _HANDLED_PATH = re.compile(r"/v1/.*", re.IGNORECASE)  # kHTTPRestApiHandlerPathRegex
@@ -144,17 +144,9 @@ class RestHandler:
         label = _decode_arg(label) if label else None
         return name, number, label, method or "", subresource or "", match is not None
 
-    def _spec(self, request, name: str, version: int | None, label: str | None) -> None:
-        """FillModelSpecWithNameVersionAndLabel."""
-        request.model_spec.name = name
-        if version is not None:
-            request.model_spec.version.value = version
-        if label is not None:
-            request.model_spec.version_label = label
-
     def _predict(self, name: str, version: int | None, label: str | None, body: bytes) -> str:
         request = predict_pb2.PredictRequest()
-        self._spec(request, name, version, label)
+        request.model_spec.CopyFrom(model_spec(name, version, label))  # FillModelSpecWithNameVersionAndLabel
         fmt = json_tensor.fill_predict_request_from_json(
             body, lambda signature_name: self._input_infos(request.model_spec, signature_name), request
         )
@@ -176,26 +168,26 @@ class RestHandler:
 
     def _classify(self, name: str, version: int | None, label: str | None, body: bytes) -> str:
         request = classification_pb2.ClassificationRequest()
-        self._spec(request, name, version, label)
+        request.model_spec.CopyFrom(model_spec(name, version, label))
         json_tensor.fill_classification_request_from_json(body, request)
         return json_tensor.make_json_from_classification_result(self.server.classify(request).result)
 
     def _regress(self, name: str, version: int | None, label: str | None, body: bytes) -> str:
         request = regression_pb2.RegressionRequest()
-        self._spec(request, name, version, label)
+        request.model_spec.CopyFrom(model_spec(name, version, label))
         json_tensor.fill_regression_request_from_json(body, request)
         return json_tensor.make_json_from_regression_result(self.server.regress(request).result)
 
     def _status(self, name: str, version: int | None, label: str | None) -> str:
         request = get_model_status_pb2.GetModelStatusRequest()
-        self._spec(request, name, version, label)
+        request.model_spec.CopyFrom(model_spec(name, version, label))
         return _message_json(self.server.get_model_status(request), preserve_names=False)
 
     def _metadata(self, name: str, version: int | None, label: str | None) -> str:
         """ToJsonString(GetModelMetadataResponse): the model spec and the unpacked SignatureDefMap, put together
         as TF Serving's handler writes them."""
         request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
-        self._spec(request, name, version, label)
+        request.model_spec.CopyFrom(model_spec(name, version, label))
         response = self.server.get_model_metadata(request)
         signatures = get_model_metadata_pb2.SignatureDefMap()
         response.metadata["signature_def"].Unpack(signatures)

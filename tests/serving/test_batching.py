@@ -7,7 +7,7 @@ import grpc
 import numpy as np
 import pytest
 
-from serving.batching import BatchingError, BatchingOptions, BatchScheduler
+from serving.batching import BatchingOptions, BatchScheduler
 from serving.core import aspired_versions
 from serving.protos import (
     BatchingParameters,
@@ -16,6 +16,7 @@ from serving.protos import (
     parse_text_proto,
     validate_model_server_config,
 )
+from serving.status import ServingError
 
 
 class CountingModel:
@@ -72,7 +73,7 @@ def test_allowed_batch_sizes_pad_the_batch_and_padding_never_reaches_a_client():
 
 def test_oversized_request_is_refused_or_split():
     refuse = BatchScheduler(CountingModel(), BatchingOptions(max_batch_size=4))
-    with pytest.raises(BatchingError) as error:
+    with pytest.raises(ServingError) as error:
         refuse.submit({"x": np.zeros(5, np.float32)})
     assert error.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert error.value.message == "Task size 5 is larger than maximum input batch size 4"
@@ -96,7 +97,7 @@ def test_a_full_queue_answers_unavailable():
     queued = threading.Thread(target=scheduler.submit, args=({"x": np.zeros(1, np.float32)},))
     queued.start()  # fills the one queue slot
     time.sleep(0.1)
-    with pytest.raises(BatchingError) as error:
+    with pytest.raises(ServingError) as error:
         scheduler.submit({"x": np.zeros(1, np.float32)})
     assert error.value.code == grpc.StatusCode.UNAVAILABLE
     assert "queue to which this task was submitted is full" in error.value.message
@@ -107,7 +108,7 @@ def test_a_full_queue_answers_unavailable():
 
 def test_inputs_with_different_batch_sizes_are_refused():
     scheduler = BatchScheduler(lambda feeds: feeds, BatchingOptions())
-    with pytest.raises(BatchingError, match="must have equal 0th-dimension size"):
+    with pytest.raises(ServingError, match="must have equal 0th-dimension size"):
         scheduler.submit({"a": np.zeros(2), "b": np.zeros(3)})
     scheduler.stop()
 

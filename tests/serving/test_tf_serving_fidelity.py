@@ -26,7 +26,7 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
-from schemas.versions import parse_version, version_dirs
+from schemas.serving_layout import parse_version, version_dirs
 from serving.core import ModelServer, ServingError
 from serving.protos import ModelServerConfig
 from serving.rest import RestHandler
@@ -454,6 +454,27 @@ def test_get_model_status_as_get_model_status_impl(served):
     assert _raises(lambda: core.get_model_status(request)) == (
         grpc.StatusCode.NOT_FOUND,
         f"Could not find version 999 of model {TWO_VERSIONS}",
+    )
+
+
+def test_a_request_without_a_model_spec_is_refused_as_tf_serving_refuses_it(served):
+    core = served[0].model_server
+    for call, request in (
+        (core.predict, predict_pb2.PredictRequest()),
+        (core.classify, classification_pb2.ClassificationRequest()),
+        (core.regress, regression_pb2.RegressionRequest()),
+        (core.get_model_metadata, get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])),
+    ):
+        assert _raises(lambda c=call, r=request: c(r)) == (grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
+    empty_name = predict_pb2.PredictRequest(model_spec={"signature_name": "serving_default"})
+    assert _raises(lambda: core.predict(empty_name)) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "ModelSpec has no name specified.",
+    )
+    no_tasks = inference_pb2.MultiInferenceRequest()
+    assert _raises(lambda: core.multi_inference(no_tasks)) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "ModelSpec has no name specified.",
     )
 
 

@@ -1,4 +1,5 @@
-"""Which children of a model base path are versions, as TF Serving's FileSystemStoragePathSource decides.
+"""What TF Serving reads from a model base path: which children are versions (as its FileSystemStoragePathSource
+decides), and where in a version the warmup requests lie.
 
 A child is a version when its whole name parses with absl::SimpleAtoi into an int64: ASCII whitespace around the
 number and one leading sign are allowed, leading zeros too ("00000123" is version 123), nothing else ("1.5", "v2",
@@ -10,9 +11,12 @@ later name wins ("123" over "0123"), logging a warning; so do we.
 from __future__ import annotations
 
 import logging
+import os
 import re
 
 log = logging.getLogger("petpipe.serve")
+# Replayed before a version takes traffic: a TFRecord file of PredictionLog records (saved_model_warmup_util.cc).
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 
 # absl::ascii_isspace: space, \t, \n, \v, \f, \r.
 _SIMPLE_ATOI = re.compile(r"[ \t\n\v\f\r]*([+-]?[0-9]+)[ \t\n\v\f\r]*")
