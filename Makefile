@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 WORK_DIR ?= petpipe-work
 PYTEST_ARGS ?=
 
-.PHONY: run test lint format install clean bench bench-full
+.PHONY: run test test-fast lint format install clean bench bench-full
 
 $(BIN)/petpipe: setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The edit loop: everything but the tests marked slow (training, Beam jobs, subprocess servers).
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

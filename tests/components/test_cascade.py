@@ -13,6 +13,8 @@ from components.export import DEFAULT_SIGNATURE, export_model
 from components.model import build_multihead_model
 from pipeline.config import TrainConfig
 
+pytestmark = pytest.mark.slow  # trains, runs Beam jobs or subprocess servers: left out of make test-fast
+
 IMAGE_SIZE = 64  # what the tiny_tfrecords fixture writes (preprocess.image_size default)
 FILTERS = (4, 8)
 

@@ -17,6 +17,8 @@ import tensorflow as tf
 
 from components import distribute
 
+pytestmark = pytest.mark.slow  # trains, runs Beam jobs or subprocess servers: left out of make test-fast
+
 SCRIPT = Path(__file__).with_name("distributed_train.py")
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 240  # seconds; a run takes 10-30 s, the bound only keeps a stuck collective from hanging the suite

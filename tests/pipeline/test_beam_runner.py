@@ -20,6 +20,8 @@ from pipeline.config import load_config
 from pipeline.errors import DataError
 from tests.dirty_data import make_dirty_dataset
 
+pytestmark = pytest.mark.slow  # trains, runs Beam jobs or subprocess servers: left out of make test-fast
+
 
 @pytest.mark.parametrize("args", [[], ["--runner=DirectRunner"], ["--runner", "SwitchingDirectRunner"]])
 def test_local_runs_use_fn_api_runner_not_prism(args):

@@ -16,6 +16,8 @@ from pipeline.config import load_config
 from pipeline.errors import EXIT_NOT_BLESSED
 from pipeline.run import run_pipeline
 
+pytestmark = pytest.mark.slow  # trains, runs Beam jobs or subprocess servers: left out of make test-fast
+
 QUICK = [
     "preprocess.image_size=32",
     "train.filters=16,32,64",

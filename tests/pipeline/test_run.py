@@ -13,6 +13,8 @@ from pipeline.config import load_config
 from pipeline.run import run_pipeline
 from serving.server import start_server
 
+pytestmark = pytest.mark.slow  # trains, runs Beam jobs or subprocess servers: left out of make test-fast
+
 
 @pytest.fixture(scope="module")
 def default_run(tmp_path_factory):

@@ -14,11 +14,14 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import tensorflow as tf
 
 from components.export import existing_versions
 from datasources.synthetic_pets import make_dataset
 from pipeline.cli import main
+
+pytestmark = pytest.mark.slow  # trains, runs Beam jobs or subprocess servers: left out of make test-fast
 
 QUICK = [
     "preprocess.image_size=32",

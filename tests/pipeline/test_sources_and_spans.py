@@ -17,6 +17,8 @@ from pipeline.errors import ValidationError
 from pipeline.run import run_pipeline
 from schemas import Hierarchy, schema_for
 
+pytestmark = pytest.mark.slow  # trains, runs Beam jobs or subprocess servers: left out of make test-fast
+
 
 def _written(span_dir: str) -> int:
     files = [f for split in ("train", "eval", "test") for f in tf.io.gfile.glob(split_pattern(span_dir, split))]

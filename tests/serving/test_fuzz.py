@@ -36,6 +36,8 @@ from serving.rest import NOT_FOUND_PAGE
 from tests.image_factory import DAMAGED_JPEG, encode, jpeg_bytes, png_header_only, quadrants
 from tests.serving.server_process import serving_process
 
+pytestmark = pytest.mark.slow  # trains, runs Beam jobs or subprocess servers: left out of make test-fast
+
 SEED = 20240607
 GRPC_REQUESTS = 2000
 REST_REQUESTS = 500

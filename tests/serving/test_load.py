@@ -13,11 +13,14 @@ from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
+import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from tests.image_factory import jpeg_bytes
 from tests.serving.server_process import publish_version, serving_process
+
+pytestmark = pytest.mark.slow  # trains, runs Beam jobs or subprocess servers: left out of make test-fast
 
 CLIENTS = 16
 DEADLINE = 30.0  # seconds per Predict: generous, a deadline is not what this test measures

@@ -36,6 +36,8 @@ from tests.image_factory import jpeg_bytes
 from tests.serving.server_process import serving_process
 from tests.serving.toy_model import example, export_toy_model
 
+pytestmark = pytest.mark.slow  # trains, runs Beam jobs or subprocess servers: left out of make test-fast
+
 CLASSIFY = "tensorflow/serving/classify"
 REGRESS = "tensorflow/serving/regress"
 AVAILABLE, END = get_model_status_pb2.ModelVersionStatus.AVAILABLE, get_model_status_pb2.ModelVersionStatus.END
