@@ -36,6 +36,8 @@ from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import classification_pb2, predict_pb2, regression_pb2
 
+from serving.tensors import dtype_name
+
 _T = types_pb2
 
 
@@ -858,17 +860,6 @@ def _debug_string(value) -> str:
 # json_tensor.cc helpers.
 
 
-def _dtype_string(dtype: int) -> str:
-    """DataTypeString(): "float", "int64", "string", ..., "float_ref"."""
-    if dtype > 100:
-        return _dtype_string(dtype - 100) + "_ref"
-    if dtype == _T.DT_INVALID:
-        return "INVALID"
-    if dtype not in _T.DataType.values():
-        return f"unknown dtype enum ({dtype})"
-    return _T.DataType.Name(dtype)[3:].lower()
-
-
 def _json_type(value) -> str:
     """JsonTypeString()."""
     if value is None:
@@ -890,7 +881,7 @@ def _format_error(value, message: str) -> JsonError:
 def _type_error(value, dtype: int) -> JsonError:
     """TypeError()."""
     return _invalid(
-        f"JSON Value: {_debug_string(value)} Type: {_json_type(value)} is not of expected type: {_dtype_string(dtype)}"
+        f"JSON Value: {_debug_string(value)} Type: {_json_type(value)} is not of expected type: {dtype_name(dtype)}"
     )
 
 
@@ -989,7 +980,7 @@ def _tensor_value(value, dtype: int):
     if field is None:
         raise JsonError(
             grpc.StatusCode.UNIMPLEMENTED,
-            f"Conversion of JSON Value: {_debug_string(value)} to type: {_dtype_string(dtype)}",
+            f"Conversion of JSON Value: {_debug_string(value)} to type: {dtype_name(dtype)}",
         )
     if not field.accepts(value):
         raise _type_error(value, dtype)
@@ -1408,7 +1399,7 @@ class _TensorLeaves:
         tensor = self.tensor
         spec = _OUTPUT_FIELDS.get(tensor.dtype)
         if spec is None:
-            raise _invalid(f"Failed to write JSON value for tensor type: {_dtype_string(tensor.dtype)}")
+            raise _invalid(f"Failed to write JSON value for tensor type: {dtype_name(tensor.dtype)}")
         field, content_dtype, formatter = spec
         if tensor.dtype == _T.DT_STRING:
             if self.as_bytes:

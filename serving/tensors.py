@@ -75,5 +75,11 @@ def ndarray(alias: str, proto: tensor_pb2.TensorProto) -> np.ndarray:
 
 
 def dtype_name(datatype: int) -> str:
-    """TF's DataTypeString spelling ("float", "string", "int64"), as TF Serving's messages print dtypes."""
-    return _T.DataType.Name(datatype)[3:].lower() if datatype in _T.DataType.values() else str(datatype)
+    """TF's DataTypeString(), as TF Serving's messages print dtypes: "float", "int64", "string", ..., "float_ref"."""
+    if datatype > 100:
+        return dtype_name(datatype - 100) + "_ref"
+    if datatype == _T.DT_INVALID:
+        return "INVALID"
+    if datatype not in _T.DataType.values():
+        return f"unknown dtype enum ({datatype})"
+    return _T.DataType.Name(datatype)[3:].lower()
