@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from common.errors import ConfigError
 from pipeline.config import BlessConfig, parse_lower_bound
-from pipeline.errors import ConfigError
 
 
 @dataclass(frozen=True)

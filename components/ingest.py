@@ -28,9 +28,9 @@ from dataclasses import dataclass
 
 import apache_beam as beam
 
+from common.errors import DataError
 from components import records as rec
 from components.records import Provenance, Quarantined, Rejected, SourceRecord
-from pipeline.errors import DataError
 from schemas import Hierarchy
 
 TRAIN, EVAL, TEST = "train", "eval", "test"

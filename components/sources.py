@@ -18,8 +18,8 @@ import posixpath
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from common.errors import DataError
 from components.records import MALFORMED_LINE, STAGE_PARSE, Provenance, Quarantined, SourceRecord
-from pipeline.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 # The split a parse-stage Quarantined entry is filed under when the source does not say.

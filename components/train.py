@@ -23,11 +23,11 @@ import os
 import keras
 import tensorflow as tf
 
+from common.errors import DataError
 from components import distribute, fileio
 from components.model import SPECIES_HEAD, breed_head, build_multihead_model, compile_multihead, with_augmentation
 from components.preprocess import TFRECORD_SUFFIX, decode_and_resize, split_pattern
 from pipeline.config import TrainConfig
-from pipeline.errors import DataError
 from schemas import IMAGE_ENCODED, LABEL_BREED, LABEL_SPECIES, Hierarchy, breed_feature
 
 

@@ -18,7 +18,7 @@ import re
 import apache_beam as beam
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions, WorkerOptions
 
-from pipeline import errors
+from common import errors
 
 
 def _local_runner_classes() -> tuple[type, ...]:

@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 
-from pipeline.errors import PetpipeError
+from common.errors import PetpipeError
 
 log = logging.getLogger("petpipe")
 
@@ -161,7 +161,7 @@ def _schedule(args, beam_args: list[str]) -> int:
     stop the loop (the next slot tries again), except configuration errors, which would fail every time."""
     import time
 
-    from pipeline.errors import ConfigError
+    from common.errors import ConfigError
 
     every = parse_duration(args.every)
     config = run_config(args)  # a bad config fails now, not at the first slot

@@ -12,7 +12,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.errors import ConfigError
+from common.errors import ConfigError
 
 SOURCES = ("oxford", "folders", "csv", "tfds")
 ARCHITECTURES = ("multihead", "cascade")

@@ -21,10 +21,10 @@ from dataclasses import asdict, dataclass, field
 
 import tensorflow as tf
 
+from common.errors import ConfigError, DataError, DataThresholdError, ValidationError
 from components import fileio
 from components.ingest import SPLITS
 from pipeline.config import DataConfig, PipelineConfig, to_dict
-from pipeline.errors import ConfigError, DataError, DataThresholdError, ValidationError
 from pipeline.store import Tracker
 from schemas import Hierarchy, write_schema
 

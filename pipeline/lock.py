@@ -15,7 +15,7 @@ import os
 import socket
 import time
 
-from pipeline.errors import PetpipeError
+from common.errors import PetpipeError
 
 LOCK_FILE = ".petpipe.lock"
 

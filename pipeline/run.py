@@ -13,9 +13,9 @@ import shutil
 import time
 from dataclasses import dataclass, field
 
+from common.errors import EXIT_NOT_BLESSED, PetpipeError
 from components.ingest import SPLITS
 from pipeline.config import DataConfig, PipelineConfig, to_dict
-from pipeline.errors import EXIT_NOT_BLESSED, PetpipeError
 from schemas import IMAGE_ENCODED, IMAGE_FILENAME, LABEL_BREED, Hierarchy, load_hierarchy, schema_for
 
 log = logging.getLogger("petpipe")

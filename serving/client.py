@@ -27,7 +27,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from pipeline.errors import PetpipeError
+from common.errors import PetpipeError
 from schemas import load_hierarchy
 from serving.server import MAX_MESSAGE_BYTES
 

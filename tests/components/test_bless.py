@@ -1,8 +1,8 @@
 import pytest
 
+from common.errors import ConfigError
 from components.bless import bless, check_metric_names
 from pipeline.config import BlessConfig
-from pipeline.errors import ConfigError
 
 
 def _value(metrics, name):

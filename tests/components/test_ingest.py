@@ -1,5 +1,6 @@
 import pytest
 
+from common.errors import DataError
 from components import records as rec
 from components.ingest import (
     EVAL,
@@ -14,7 +15,6 @@ from components.ingest import (
     resolve_duplicates,
 )
 from components.records import Provenance, Quarantined, Rejected, SourceRecord
-from pipeline.errors import DataError
 
 
 def test_parses_a_real_oxford_line(hierarchy):

@@ -144,7 +144,7 @@ def test_oxford_layout_on_ram(ram):
         read_image_bytes(records[1])
 
     _put(f"{data}/annotations/test.txt", "")
-    from pipeline.errors import DataError
+    from common.errors import DataError
 
     with pytest.raises(DataError, match="test.txt: annotation file is empty"):
         check_layout(data)

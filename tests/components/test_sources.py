@@ -9,6 +9,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from common.errors import DataError
 from components.records import MALFORMED_LINE, STAGE_PARSE, Provenance, Quarantined, SourceRecord
 from components.sources import (
     ClassFolders,
@@ -17,7 +18,6 @@ from components.sources import (
     read_csv_manifest,
     read_tfds,
 )
-from pipeline.errors import DataError
 
 TFDS_NAME = "oxford_iiit_pet"
 

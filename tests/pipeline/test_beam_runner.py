@@ -12,12 +12,12 @@ from apache_beam.runners.portability import prism_runner
 from apache_beam.runners.portability.fn_api_runner import worker_handlers
 from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiRunner
 
+from common.errors import DataError
 from components.ingest import SPLITS
 from components.preprocess import quarantine_path, split_pattern
 from pipeline import beam_runner
 from pipeline.beam_runner import make_pipeline, user_error
 from pipeline.config import load_config
-from pipeline.errors import DataError
 from tests.dirty_data import make_dirty_dataset
 
 pytestmark = pytest.mark.slow  # trains, runs Beam jobs or subprocess servers: left out of make test-fast
@@ -46,7 +46,7 @@ def test_local_pipeline_runs_and_counts():
 
 def test_errors_relayed_by_worker_processes_become_ours_again():
     relayed = RuntimeError(
-        "Traceback ...\n  File x\npipeline.errors.DataError: images/a.jpg (annotated at t.txt:3): not a "
+        "Traceback ...\n  File x\ncommon.errors.DataError: images/a.jpg (annotated at t.txt:3): not a "
         "decodable image [while running 'Preprocess']\n"
     )
     error = user_error(relayed)

@@ -1,7 +1,7 @@
 import pytest
 
+from common.errors import ConfigError
 from pipeline.config import PipelineConfig, load_config
-from pipeline.errors import ConfigError
 
 
 def test_defaults_file_then_flags(tmp_path):

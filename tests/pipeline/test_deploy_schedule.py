@@ -17,10 +17,10 @@ import shlex
 import pytest
 import yaml
 
-from pipeline import errors
+from common import errors
+from common.errors import EXIT_NOT_BLESSED
 from pipeline.cli import build_parser
 from pipeline.config import load_config
-from pipeline.errors import EXIT_NOT_BLESSED
 from pipeline.lock import LockedError
 from serving.protos import BatchingParameters, MonitoringConfig, parse_text_proto, read_text_proto
 

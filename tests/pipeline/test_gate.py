@@ -9,11 +9,11 @@ import time
 
 import pytest
 
+from common.errors import EXIT_NOT_BLESSED
 from components.export import existing_versions
 from datasources.synthetic_pets import make_dataset
 from pipeline.cli import main
 from pipeline.config import load_config
-from pipeline.errors import EXIT_NOT_BLESSED
 from pipeline.run import run_pipeline
 
 pytestmark = pytest.mark.slow  # trains, runs Beam jobs or subprocess servers: left out of make test-fast

@@ -8,12 +8,12 @@ import shutil
 import pytest
 import tensorflow as tf
 
+from common.errors import ValidationError
 from components import records as rec
 from components.preprocess import quarantine_path, split_pattern
 from datasources.synthetic_pets import make_dataset
 from pipeline.config import load_config
 from pipeline.data_stage import ingest_spans, load_spans, run_span_job, span_window
-from pipeline.errors import ValidationError
 from pipeline.run import run_pipeline
 from schemas import Hierarchy, schema_for
 
