@@ -25,12 +25,23 @@ setup(
         "numpy>=1.26,<3",
         "pillow>=10",  # the embedded data set generator encodes JPEGs with it
         "matplotlib>=3.8",  # the plots of the per-run HTML report
+        "jinja2>=3.1",  # the per-run HTML report's template (autoescaped)
         "tensorboard>=2.20",  # training logs (tensorflow 2.21 no longer installs it)
         "grpcio>=1.60",
         "protobuf>=5.28,<7",
     ],
     # pyyaml and cryptography (both already brought by apache-beam) read the deploy files and make TLS test
     # certificates in the tests; prometheus-client's parser reads the metrics page as Prometheus would.
-    extras_require={"dev": ["pytest>=8", "ruff>=0.6", "pyyaml", "cryptography", "prometheus-client>=0.20"]},
+    extras_require={
+        "dev": [
+            "pytest>=8",
+            "ruff>=0.6",
+            "import-linter>=2.1",  # make lint checks that imports only go down the layers
+            "psutil>=5.9",  # the benchmarks' CPU accounting
+            "pyyaml",
+            "cryptography",
+            "prometheus-client>=0.20",
+        ]
+    },
     entry_points={"console_scripts": ["petpipe=pipeline.cli:main"]},
 )
