@@ -25,9 +25,11 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
+# ruff, then the import contracts of pyproject.toml (imports only go down the layers; see docs/architecture.md).
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 # Benchmarks are scripts, never tests: quick (< 5 min) or full (< 30 min on 2 cores) → benchmarks/RESULTS.md.
 bench: install

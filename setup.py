@@ -11,8 +11,13 @@ setup(
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10,<3.14",
-    packages=find_packages(include=["pipeline", "components", "serving", "schemas", "common", "datasources"]),
-    package_data={"schemas": ["schema.pbtxt", "hierarchy.json"]},
+    packages=find_packages(
+        include=["pipeline", "pipeline.*", "components", "serving", "schemas", "common", "datasources"]
+    ),
+    package_data={
+        "schemas": ["schema.pbtxt", "hierarchy.json"],
+        "components": ["templates/*.html.j2", "templates/*.css"],  # the run report page
+    },
     install_requires=[
         # tensorflow-serving-api pulls in the full tensorflow package, so we depend on it (not tensorflow-cpu).
         "tensorflow>=2.21,<2.22",

@@ -18,6 +18,8 @@ import sys
 import tempfile
 import time
 
+from benchmarks.common import machine_info
+
 BENCHMARKS = {  # name → (module, what it answers)
     "preprocess": ("benchmarks.preprocess", "Beam data stage vs a plain Python loop, and how cost grows with size"),
     "input": ("benchmarks.input_pipeline", "is training input-bound? tf.data vs cached batches"),
@@ -68,13 +70,6 @@ def _verdict(row: dict) -> str:
     if row.get("holds") is None:
         return ""
     return "holds" if row["holds"] else "MISSED"
-
-
-def machine_info() -> dict[str, str]:
-    from benchmarks import machine_info as common
-
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    return {**common("tensorflow", "apache-beam", "grpcio"), "commit": commit.stdout.strip() or "?"}
 
 
 def render(results: dict, info: dict, quick: bool, wall: float) -> tuple[str, str]:
@@ -149,7 +144,7 @@ def main(argv=None) -> int:
         results = {name: tuple(result) for name, result in saved["results"].items()}
     else:
         started = time.monotonic()
-        info, quick = machine_info(), args.quick
+        info, quick = machine_info("grpcio"), args.quick
         results = {}
         for name in args.only or BENCHMARKS:
             print(f"== {name} ==", file=sys.stderr, flush=True)

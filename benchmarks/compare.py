@@ -21,15 +21,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
+
+from benchmarks.common import log, markdown_table, result_row
 
 ARCHITECTURES = ("multihead", "cascade")
 LATENCY_BATCHES = (1, 32)
 WARMUP_CALLS = 3
-
-
-def _log(architecture: str):
-    # Progress goes to stderr: the parent's stdout carries only the table.
-    return lambda text: print(f"[{architecture}] {text}", file=sys.stderr, flush=True)
 
 
 def _peak_rss_mib() -> float:
@@ -142,16 +140,17 @@ def measure(architecture: str, work_dir: str, config_path: str | None, overrides
     """Train, evaluate, export and query one architecture in this process; the numbers of the table."""
     import tensorflow as tf
 
-    from components.cascade import train_cascade
+    from components.architectures import architecture as registered
     from components.evaluate import evaluate_model
     from components.export import DEFAULT_SIGNATURE, export_model
     from components.preprocess import split_pattern
-    from components.train import make_dataset, train_model
+    from components.train import labelled_batches
+    from components.train_config import TrainingJob
     from pipeline.config import load_config
-    from pipeline.data_stage import span_window
+    from pipeline.spans import span_window
     from schemas import load_hierarchy, schema_for
 
-    log = _log(architecture)
+    progress = partial(log, architecture)  # on stderr: the parent's stdout carries only the table
     config = load_config(config_path, [*overrides, f"train.architecture={architecture}"])
     hierarchy = load_hierarchy(config.data.hierarchy) if config.data.hierarchy else load_hierarchy()
     schema = schema_for(hierarchy)
@@ -160,20 +159,21 @@ def measure(architecture: str, work_dir: str, config_path: str | None, overrides
     # The records were written at the run's image size, which need not be this config's default.
     size = int(tf.io.decode_image(_test_images(test_patterns, 1)[0]).shape[0])
     if size != config.preprocess.image_size:
-        log(f"records are {size} px (config says {config.preprocess.image_size}); using {size}")
+        progress(f"records are {size} px (config says {config.preprocess.image_size}); using {size}")
 
-    train_fn = train_cascade if architecture == "cascade" else train_model
     timer = _TrainSteps()
     timer.install()
     start = time.perf_counter()
-    model, history = train_fn(config.train, tfrecord_dirs, schema, hierarchy, size, log)
+    model, history = registered(architecture).train(
+        TrainingJob(config.train, tfrecord_dirs, schema, hierarchy, size, log=progress)
+    )
     train_seconds = time.perf_counter() - start
     train_rss = _peak_rss_mib()
 
-    test = make_dataset(test_patterns, schema, hierarchy, size, 256, False, keep_breed=True)
+    test = labelled_batches(test_patterns, schema, hierarchy, size, 256, False, keep_breed=True)
     metrics = evaluate_model(model, test, hierarchy, config.export.top_k)
     with tempfile.TemporaryDirectory() as serving:
-        _, path = export_model(model, hierarchy, os.path.join(serving, "pets"), size, config.export.top_k)
+        _, path = export_model(model, hierarchy, os.path.join(serving, "pets"), size, config.export)
         saved_model_mib = _directory_mib(path)
         serve = tf.saved_model.load(path).signatures[DEFAULT_SIGNATURE]
         images = _test_images(test_patterns, max(LATENCY_BATCHES))
@@ -225,12 +225,11 @@ def format_table(results: dict[str, dict]) -> str:
     """Markdown: one row per measure present in either architecture, values and the multi-head/cascade ratio."""
     multihead, cascade = results["multihead"]["rows"], results["cascade"]["rows"]
     names = list(multihead) + [name for name in cascade if name not in multihead]
-    lines = ["| measure | multi-head | cascade | multi-head / cascade |", "|---|---:|---:|---:|"]
+    lines = []
     for name in names:
         a, b = multihead.get(name), cascade.get(name)
-        ratio = a / b if a is not None and b else None
-        lines.append(f"| {name} | {_format(a)} | {_format(b)} | {_format(ratio)} |")
-    return "\n".join(lines)
+        lines.append([name, _format(a), _format(b), _format(a / b if a is not None and b else None)])
+    return markdown_table(["measure", "multi-head", "cascade", "multi-head / cascade"], lines)
 
 
 def _run_child(architecture: str, args, overrides: list[str]) -> dict:
@@ -241,7 +240,7 @@ def _run_child(architecture: str, args, overrides: list[str]) -> dict:
         command += ["--result", result, "--repeats-latency", str(args.repeats_latency)]
         command += ["--config", args.config] if args.config else []
         command += [part for override in overrides for part in ("--set", override)]
-        print(f"[{architecture}] training in a subprocess", file=sys.stderr, flush=True)
+        log(architecture, "training in a subprocess")
         done = subprocess.run(command, stdout=sys.stderr, check=False)
         if done.returncode != 0:
             raise SystemExit(f"{architecture}: the measuring subprocess failed (exit {done.returncode})")
@@ -272,15 +271,15 @@ def run(quick: bool) -> list[dict]:
     """For `python -m benchmarks`: ingest a generated data set (quick: 10 images per breed, 3 epochs; full: the
     default 60 and the default epochs), train both architectures in their subprocesses, one row per headline
     measure with the cascade / multi-head ratio."""
-    from datasources.synthetic_pets import make_dataset
+    from datasources.synthetic_pets import write_synthetic_pets
     from pipeline.config import load_config
-    from pipeline.data_stage import ingest_spans
+    from pipeline.stages.data import ingest_spans
     from schemas import load_hierarchy, schema_for
 
     per_breed, overrides = (10, ["train.epochs=3"]) if quick else (60, [])
     with tempfile.TemporaryDirectory() as root:
         hierarchy = load_hierarchy()
-        make_dataset(os.path.join(root, "data"), per_breed=per_breed, seed=0)
+        write_synthetic_pets(os.path.join(root, "data"), per_breed=per_breed, seed=0)
         config = load_config(None, [f"work_dir={os.path.join(root, 'work')}"])
         os.makedirs(config.work_dir)
         ingest_spans(config, os.path.join(root, "data"), hierarchy, schema_for(hierarchy), [])
@@ -294,14 +293,14 @@ def run(quick: bool) -> list[dict]:
             continue
         ratio = cascade / multihead if multihead else None
         rows.append(
-            {
-                "measurement": f"{name}: multi-head {_format(multihead)} vs cascade {_format(cascade)}",
-                "value": multihead,
-                "unit": "",
-                "ratio": f"cascade/multi-head {_format(ratio)}" if ratio is not None else "",
-                "target": target,
-                "holds": check(multihead, cascade) if check else None,
-            }
+            result_row(
+                f"{name}: multi-head {_format(multihead)} vs cascade {_format(cascade)}",
+                multihead,
+                "",
+                f"cascade/multi-head {_format(ratio)}" if ratio is not None else "",
+                target,
+                check(multihead, cascade) if check else None,
+            )
         )
     return rows
 

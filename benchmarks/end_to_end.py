@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import resource
 import shutil
 import sqlite3
 import subprocess
@@ -36,7 +35,17 @@ import sys
 import tempfile
 import time
 
-from benchmarks import write_report
+from benchmarks.common import (
+    CpuMeter,
+    log,
+    machine_info,
+    markdown_table,
+    result_row,
+    result_rows_markdown,
+    result_rows_text,
+    text_table,
+    write_markdown_report,
+)
 
 NAME = "end_to_end"
 STAGES = ("make-data", "ingest+preprocess", "train", "evaluate", "export", "smoke-query")
@@ -45,10 +54,6 @@ COMMON = ["bless.lower_bounds="]  # every stage runs, whatever a small model's a
 NOTHING_TO_DO = "petpipe run: nothing to do"
 TIMEOUT = 1800
 RESOLUTION = 0.3  # six stage seconds, each printed rounded to 0.1 s
-
-
-def _log(text: str) -> None:
-    print(f"[{NAME}] {text}", file=sys.stderr, flush=True)
 
 
 def petpipe_command() -> list[str]:
@@ -61,15 +66,8 @@ def run_cli(work_dir: str, overrides: list[str]) -> dict:
     """One `petpipe run` in a subprocess: wall seconds, exit code, stage seconds, outcome line, run-store time."""
     command = [*petpipe_command(), "run", "--work-dir", work_dir]
     command += [part for override in overrides for part in ("--set", override)]
-    from benchmarks.serving import system_busy_seconds
-
-    children, busy = resource.getrusage(resource.RUSAGE_CHILDREN), system_busy_seconds()
-    start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT, check=False)
-    wall = time.perf_counter() - start
-    after, busy_after = resource.getrusage(resource.RUSAGE_CHILDREN), system_busy_seconds()
-    cpu = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
-    others = float("nan") if busy is None or busy_after is None else max(0.0, busy_after - busy - cpu) / wall
+    with CpuMeter() as meter:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT, check=False)
     if done.returncode != 0:
         tail = "\n".join(done.stderr.splitlines()[-20:])
         raise SystemExit(f"{' '.join(command)} failed (exit {done.returncode}):\n{tail}\n{done.stdout}")
@@ -80,9 +78,9 @@ def run_cli(work_dir: str, overrides: list[str]) -> dict:
     outcome = next((line for line in done.stdout.splitlines() if line.startswith("petpipe run:")), "")
     epochs = len(re.findall(r"epoch \d+/\d+:", done.stderr))
     return {
-        "wall": wall,
-        "cpu": cpu,
-        "others": others,
+        "wall": meter.seconds,
+        "cpu": meter.children_cpu,
+        "others": meter.other_cores,
         "epochs": epochs,
         "seconds": seconds,
         "outcome": outcome,
@@ -108,14 +106,15 @@ def measure(quick: bool, keep: bool = False) -> dict:
         work_dir = tempfile.mkdtemp(prefix=f"petpipe-e2e-{per_breed}-")
         try:
             overrides = [f"data.per_breed={per_breed}", *overrides_base]
-            _log(f"per_breed {per_breed}: petpipe run in {work_dir}")
+            log(NAME, f"per_breed {per_breed}: petpipe run in {work_dir}")
             first = run_cli(work_dir, overrides)
-            _log(
+            log(
+                NAME,
                 f"per_breed {per_breed}: {first['wall']:.1f} s, {first['outcome']}, {first['epochs']} epochs, "
-                f"others {first['others']:.2f} cores; again on the same work dir"
+                f"others {first['others']:.2f} cores; again on the same work dir",
             )
             again = run_cli(work_dir, overrides)
-            _log(f"per_breed {per_breed}: re-run {again['wall']:.1f} s, {again['outcome']}")
+            log(NAME, f"per_breed {per_breed}: re-run {again['wall']:.1f} s, {again['outcome']}")
             results[per_breed] = {"first": first, "again": again, "work_dir": work_dir}
         finally:
             if not keep:
@@ -130,8 +129,8 @@ def rows_of(m: dict) -> list[dict]:
 
     def pair(name: str, unit: str, get) -> None:
         x, y = get(a), get(b)
-        rows.append(_row(f"{name}, per_breed {small}", x, unit))
-        rows.append(_row(f"{name}, per_breed {large}", y, unit, _ratio(x, y)))
+        rows.append(result_row(f"{name}, per_breed {small}", x, unit))
+        rows.append(result_row(f"{name}, per_breed {large}", y, unit, _ratio(x, y)))
 
     pair("total wall time", "s", lambda r: r["first"]["wall"])
     pair("CPU time of the run", "CPU s", lambda r: r["first"]["cpu"])
@@ -144,7 +143,7 @@ def rows_of(m: dict) -> list[dict]:
         again = r["again"]
         ok = again["outcome"].startswith(NOTHING_TO_DO)
         rows.append(
-            _row(
+            result_row(
                 f"re-run (nothing to do), per_breed {per_breed}",
                 again["wall"],
                 "s",
@@ -153,10 +152,12 @@ def rows_of(m: dict) -> list[dict]:
                 ok,
             )
         )
-        rows.append(_row(f"re-run: in run_pipeline, per_breed {per_breed}", again["in_run"], "s"))
+        rows.append(result_row(f"re-run: in run_pipeline, per_breed {per_breed}", again["in_run"], "s"))
     others = max(r[k]["others"] for r in (a, b) for k in ("first", "again"))
     rows.append(
-        _row("other processes' CPU during the runs (max)", others, "cores", None, "≤ 0.3 (undisturbed)", others <= 0.3)
+        result_row(
+            "other processes' CPU during the runs (max)", others, "cores", None, "≤ 0.3 (undisturbed)", others <= 0.3
+        )
     )
     return rows
 
@@ -177,10 +178,6 @@ def _process(result: dict) -> float | None:
     return result["wall"] - result["in_run"] if result["in_run"] is not None else None
 
 
-def _row(measurement, value, unit, ratio=None, target=None, holds=None) -> dict:
-    return {"measurement": measurement, "value": value, "unit": unit, "ratio": ratio, "target": target, "holds": holds}
-
-
 def run(quick: bool) -> list[dict]:
     """Rows for `python -m benchmarks`."""
     return rows_of(measure(quick))
@@ -195,7 +192,9 @@ def stage_table(m: dict, markdown: bool) -> str:
     lines = []
     for stage in STAGES:
         x, y = a["seconds"].get(stage), b["seconds"].get(stage)
-        lines.append([stage, _fmt(x), _fmt(y), "–" if _ratio(x, y) is None else f"{_ratio(x, y):.2f}×"])
+        lines.append(
+            [stage, _seconds_text(x), _seconds_text(y), "–" if _ratio(x, y) is None else f"{_ratio(x, y):.2f}×"]
+        )
     ra, rb = m["results"][small]["again"], m["results"][large]["again"]
     for name, x, y in (
         ("in the run, between the stages (± 0.3)", _between(a), _between(b)),
@@ -205,31 +204,20 @@ def stage_table(m: dict, markdown: bool) -> str:
         ("re-run: in run_pipeline", ra["in_run"], rb["in_run"]),
         ("CPU seconds of the run (all threads)", a["cpu"], b["cpu"]),
     ):
-        lines.append([name, _fmt(x), _fmt(y), "–" if _ratio(x, y) is None else f"{_ratio(x, y):.2f}×"])
+        lines.append(
+            [name, _seconds_text(x), _seconds_text(y), "–" if _ratio(x, y) is None else f"{_ratio(x, y):.2f}×"]
+        )
     lines.append(["(images generated)", str(images[small]), str(images[large]), f"{large / small:.2f}×"])
     lines.append(["(epochs trained)", str(a["epochs"]), str(b["epochs"]), "–"])
     lines.append(["(others' CPU during the run, cores)", f"{a['others']:.2f}", f"{b['others']:.2f}", "–"])
-    if markdown:
-        out = ["| " + " | ".join(header) + " |", "|---|---:|---:|---:|"]
-        return "\n".join(out + ["| " + " | ".join(line) + " |" for line in lines])
-    widths = [max(len(x[i]) for x in [header, *lines]) for i in range(4)]
-    out = [
-        "  ".join(x[i].ljust(widths[i]) if i == 0 else x[i].rjust(widths[i]) for i in range(4))
-        for x in [header, *lines]
-    ]
-    out.insert(1, "-" * max(map(len, out)))
-    return "\n".join(out)
+    return (markdown_table if markdown else text_table)(header, lines)
 
 
-def _fmt(value) -> str:
-    if value is None or value != value:
-        return "–"
-    return f"{value:.1f}"
+def _seconds_text(value) -> str:
+    return "–" if value is None or value != value else f"{value:.1f}"
 
 
 def write_markdown(path: str, m: dict, rows: list[dict], info: dict, wall: float, command: str) -> None:
-    from benchmarks.input_pipeline import markdown_table
-
     small, large = m["sizes"]
     outcomes = "; ".join(
         f"per_breed {n}: `{r['first']['outcome']}` then `{r['again']['outcome'][:90]}`" for n, r in m["results"].items()
@@ -245,7 +233,7 @@ Per stage (RunSummary.seconds), per_breed {small} vs {large}:
 All rows (the ratio of a per_breed {large} row is over its per_breed {small} row; of a re-run row, over that size's
 first run):
 
-{markdown_table(rows)}
+{result_rows_markdown(rows)}
 
 Outcomes: {outcomes}.
 
@@ -260,10 +248,10 @@ Outcomes: {outcomes}.
   (0.1 s resolution); "in run_pipeline" is runs.finished − runs.started in the work dir's run store; "in the
   run, between the stages" = in run_pipeline − the six stages (± 0.3 s from the rounding), "process start,
   imports, exit" = total wall − in run_pipeline
-- CPU seconds: the subprocess's user + system time (RUSAGE_CHILDREN); others' CPU: the machine's busy time
-  (/proc/stat) during the run minus that, per wall second
+- CPU seconds: the subprocess's user + system time, and its children's (psutil); others' CPU: the machine's
+  busy time during the run minus ours, per wall second
 """
-    write_report(path, text)
+    write_markdown_report(path, text)
 
 
 def main(argv=None) -> int:
@@ -272,8 +260,6 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=f"benchmarks/results/{NAME}.md", help="markdown output file")
     parser.add_argument("--keep", action="store_true", help="keep the temp work dirs (their paths are logged)")
     args = parser.parse_args(argv)
-    from benchmarks.input_pipeline import machine_info, text_table
-
     start = time.perf_counter()
     info = machine_info()
     measured = measure(args.quick, args.keep)
@@ -281,7 +267,7 @@ def main(argv=None) -> int:
     wall = time.perf_counter() - start
     print(stage_table(measured, markdown=False))
     print()
-    print(text_table(rows))
+    print(result_rows_text(rows))
     print(f"\nwall time {wall:.0f} s")
     command = "python -m benchmarks.end_to_end" + " --quick" * args.quick
     command += f" --out {args.out}" if args.out != parser.get_default("out") else ""

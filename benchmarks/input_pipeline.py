@@ -2,11 +2,11 @@
 same batches already in memory.
 
 Data: the embedded data set (datasources.synthetic_pets) at data.per_breed (quick 20, full the default 60 → 2,220
-images), through the real data stage (pipeline.run.ensure_data + pipeline.data_stage.ingest_spans, in-process
+images), through the real data stage (pipeline.stages.data.ensure_data + pipeline.stages.data.ingest_spans, in-process
 Beam) into GZIP TFRecords at the default image size, in a temp work dir (or --work-dir, reused when it matches).
 
 Trainer: built exactly as components.train.train_model builds it with the default config and no tf.distribute
-strategy — training_data (make_dataset: parallel reads, parse, decode, cache, shuffle, flip, batch, prefetch),
+strategy — training_data (labelled_batches: parallel reads, parse, decode, cache, shuffle, flip, batch, prefetch),
 build_multihead_model, with_augmentation (in-graph flip/shift/colour jitter, training only), cosine-decayed Adam,
 balanced class weights, compile_multihead — and stepped by Keras's own model.fit (shuffle=False, verbose=0), so
 per-epoch iterator creation, prefetch start-up and fit's loop are all included. A callback reads wall and process
@@ -39,7 +39,17 @@ import sys
 import tempfile
 import time
 
-from benchmarks import write_report
+from benchmarks.common import (
+    CpuMeter,
+    format_number,
+    log,
+    machine_info,
+    paired_ratio,
+    result_row,
+    result_rows_markdown,
+    result_rows_text,
+    write_markdown_report,
+)
 
 NAME = "input_pipeline"
 TARGET_RATIO = 1.05
@@ -51,17 +61,12 @@ MAX_OTHERS = 0.3  # cores other processes may use during a repetition before it 
 DATA_MARKER = "benchmark-input-pipeline.json"
 
 
-def _log(text: str) -> None:
-    print(f"[{NAME}] {text}", file=sys.stderr, flush=True)
-
-
 # --- data -------------------------------------------------------------------------------------------------------
 def prepare_data(work_dir: str, per_breed: int, seed: int = 0):
     """(config, tfrecord dirs, hierarchy, schema, seconds spent): the embedded data set at `per_breed` through the
     real data stage into work_dir, reused if a previous call left the same there."""
     from pipeline.config import load_config
-    from pipeline.data_stage import ingest_spans
-    from pipeline.run import ensure_data
+    from pipeline.stages.data import ensure_data, ingest_spans
     from schemas import load_hierarchy, schema_for
 
     config = load_config(None, [f"work_dir={work_dir}", f"data.per_breed={per_breed}", f"data.seed={seed}"])
@@ -73,10 +78,10 @@ def prepare_data(work_dir: str, per_breed: int, seed: int = 0):
         with open(marker) as f:
             saved = json.load(f)
         if saved["wanted"] == wanted and all(os.path.isdir(d) for d in saved["tfrecord_dirs"]):
-            _log(f"reusing the TFRecords in {work_dir}")
+            log(NAME, f"reusing the TFRecords in {work_dir}")
             return config, saved["tfrecord_dirs"], hierarchy, schema, 0.0
     start = time.perf_counter()
-    _log(f"data stage: per_breed {per_breed} into {work_dir}")
+    log(NAME, f"data stage: per_breed {per_breed} into {work_dir}")
     data_dir = ensure_data(config.data, work_dir, hierarchy)
     spans = ingest_spans(config, data_dir, hierarchy, schema, [])
     dirs = [span.tfrecord_dir for span in spans]
@@ -97,9 +102,7 @@ def build_trainer(config, tfrecord_dirs, schema, hierarchy, image_size: int, dat
 
     keras.utils.set_random_seed(config.seed)
     train = (dataset_fn or default_train_dataset)(config, tfrecord_dirs, schema, hierarchy, image_size)
-    model = build_multihead_model(
-        hierarchy, image_size, config.filters, config.dropout, config.backbone, config.backbone_weights
-    )
+    model = build_multihead_model(hierarchy, image_size, config)
     trained = with_augmentation(model, image_size, config.seed) if config.augment else model
     steps = int(train.cardinality())
     learning_rate = keras.optimizers.schedules.CosineDecay(config.learning_rate, config.epochs * steps)
@@ -119,26 +122,22 @@ def default_train_dataset(config, tfrecord_dirs, schema, hierarchy, image_size: 
 def _epoch_timer():
     import keras
 
-    from benchmarks.serving import system_busy_seconds
-
     class EpochTimer(keras.callbacks.Callback):
         """(wall s, CPU s, other processes' cores) per epoch; on_epoch_end first turns the logs into floats,
         which waits for the epoch's last step."""
 
         def __init__(self):
             super().__init__()
-            self.epochs: list[tuple[float, float]] = []
+            self.epochs: list[tuple[float, float, float]] = []
             self.losses: list[float] = []
 
         def on_epoch_begin(self, epoch, logs=None):
-            self._start = (time.perf_counter(), time.process_time(), system_busy_seconds())
+            self._meter = CpuMeter().start()
 
         def on_epoch_end(self, epoch, logs=None):
             values = {k: float(v) for k, v in (logs or {}).items()}
-            busy = system_busy_seconds()
-            wall, cpu = time.perf_counter() - self._start[0], time.process_time() - self._start[1]
-            others = float("nan") if busy is None or self._start[2] is None else max(0.0, busy - self._start[2] - cpu)
-            self.epochs.append((wall, cpu, others / wall))
+            meter = self._meter.stop()
+            self.epochs.append((meter.seconds, meter.cpu, meter.other_cores))
             self.losses.append(values.get("loss", float("nan")))
 
     return EpochTimer()
@@ -185,7 +184,7 @@ def variant_dataset(
     flip: str = "per image",
     interleave: bool = False,
 ):
-    """A dataset_fn that rebuilds components.train.make_dataset (training=True) with one knob changed; with none
+    """A dataset_fn that rebuilds components.train.labelled_batches (training=True) with one knob changed; with none
     changed it is the product's pipeline (the control row)."""
 
     def build(config, tfrecord_dirs, schema, hierarchy, image_size):
@@ -269,10 +268,11 @@ def timed_reps(model, modes: dict, steps: int, reps: int, epochs: int, retry_sec
             )
             rep["others"] = max(rep["others"], *(o for _, _, o in measured))
         done.append(rep)
-        _log(
+        log(
+            NAME,
             f"rep {len(done)}: "
             + ", ".join(f"{name} {rep['modes'][name][0]:.1f}" for name in names)
-            + f" ms/step; others {rep['others']:.2f} cores"
+            + f" ms/step; others {rep['others']:.2f} cores",
         )
     clean = [r for r in done if r["others"] <= max_others]
     kept = clean[:reps] if len(clean) >= MIN_CLEAN else sorted(done, key=lambda r: r["others"])[:reps]
@@ -285,9 +285,8 @@ def timed_reps(model, modes: dict, steps: int, reps: int, epochs: int, retry_sec
 
 
 def ratio_of(timed: dict, a: str, b: str) -> float:
-    """Median over the kept repetitions of a / b within each (measured back to back, so a slow phase of a shared
-    machine hits both): steadier than the ratio of the two medians."""
-    return statistics.median(x / y for x, y in zip(timed["ms"][a], timed["ms"][b], strict=True))
+    """Median over the kept repetitions of a / b within each (measured back to back)."""
+    return paired_ratio(timed["ms"][a], timed["ms"][b])
 
 
 def measure(quick: bool, work_dir: str | None = None, profile: bool | None = None) -> dict:
@@ -300,7 +299,10 @@ def measure(quick: bool, work_dir: str | None = None, profile: bool | None = Non
         size = config.preprocess.image_size
         args = (config.train, dirs, schema, hierarchy, size)
         model, train, steps = build_trainer(*args)
-        _log(f"data ready ({data_seconds:.0f} s); {steps} steps per epoch of {config.train.batch_size}; warm-up epoch")
+        log(
+            NAME,
+            f"data ready ({data_seconds:.0f} s); {steps} steps per epoch of {config.train.batch_size}; warm-up epoch",
+        )
         warmup = fit_epochs(model, train, 1)[0]
         cached = materialize(train)
         fit_epochs(model, cached, 1)  # the in-memory path's own warm-up
@@ -312,12 +314,12 @@ def measure(quick: bool, work_dir: str | None = None, profile: bool | None = Non
         timed = timed_reps(model, modes, steps, reps, epochs, retry, MAX_OTHERS)
         ratio = ratio_of(timed, "tf.data", "in memory")
         fastest = min(timed["ms"]["tf.data"]) / min(timed["ms"]["in memory"])
-        _log("loader alone (no training)")
+        log(NAME, "loader alone (no training)")
         loader = loader_throughput(default_train_dataset, args, passes)
         variants = {}
         if profile or (profile is None and not quick and ratio > TARGET_RATIO):
             for name, dataset_fn in VARIANTS.items():
-                _log(f"variant {name}")
+                log(NAME, f"variant {name}")
                 variant = dataset_fn(*args)
                 fit_epochs(model, variant, 1)  # fills its cache
                 pair = {"variant": (lambda v=variant: v, None), "in memory": (lambda: cached, None)}
@@ -381,23 +383,21 @@ def rows_of(m: dict) -> list[dict]:
         rows.append(_row(f"variant: {name}{flag}", v["variant"], "ms/step", v["ratio"]))
     others = max(m["other_cores"])
     rows.append(
-        {
-            "measurement": "other processes' CPU during the kept repetitions (max)",
-            "value": others,
-            "unit": "cores",
-            "ratio": None,
-            "target": f"≤ {MAX_OTHERS:g} (undisturbed)",
-            "holds": others <= MAX_OTHERS,
-        }
+        result_row(
+            "other processes' CPU during the kept repetitions (max)",
+            others,
+            "cores",
+            None,
+            f"≤ {MAX_OTHERS:g} (undisturbed)",
+            others <= MAX_OTHERS,
+        )
     )
     return rows
 
 
 def _row(measurement, value, unit, ratio, target=None) -> dict:
-    holds = None
-    if target is not None:
-        holds = ratio <= TARGET_RATIO
-    return {"measurement": measurement, "value": value, "unit": unit, "ratio": ratio, "target": target, "holds": holds}
+    """A row; one with a target is the input-bound verdict: ratio ≤ TARGET_RATIO."""
+    return result_row(measurement, value, unit, ratio, target, None if target is None else ratio <= TARGET_RATIO)
 
 
 def run(quick: bool) -> list[dict]:
@@ -406,55 +406,18 @@ def run(quick: bool) -> list[dict]:
 
 
 # --- output ---------------------------------------------------------------------------------------------------------
-def _fmt(value) -> str:
-    if value is None or value != value:
-        return "–"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.1f}" if abs(value) >= 100 else f"{value:.2f}"
-
-
-def _cells(row: dict) -> list[str]:
-    ratio = "–" if row["ratio"] is None else f"{row['ratio']:.3f}×" if row["target"] else f"{row['ratio']:.2f}×"
-    holds = "–" if row["holds"] is None else ("holds" if row["holds"] else "MISSED")
-    return [row["measurement"], _fmt(row["value"]), row["unit"], ratio, row["target"] or "–", holds]
-
-
-HEADER = ["measurement", "value", "unit", "ratio", "target", "verdict"]
-
-
-def text_table(rows: list[dict]) -> str:
-    cells = [HEADER] + [_cells(r) for r in rows]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(HEADER))]
-    lines = ["  ".join(c[i].ljust(widths[i]) if i in (0, 2, 4, 5) else c[i].rjust(widths[i]) for i in range(6))
-             for c in cells]  # fmt: skip
-    lines.insert(1, "-" * max(map(len, lines)))
-    return "\n".join(line.rstrip() for line in lines)
-
-
-def markdown_table(rows: list[dict]) -> str:
-    lines = ["| " + " | ".join(HEADER) + " |", "|---|---:|---|---:|---|---|"]
-    lines += ["| " + " | ".join(_cells(r)) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def machine_info() -> dict[str, str]:
-    from benchmarks import machine_info as common
-
-    return common("tensorflow", "keras", "numpy")
-
-
 def write_markdown(path: str, m: dict, rows: list[dict], info: dict, wall: float, command: str) -> None:
     verdict = next(r for r in rows if r["target"])
     c = m["config"]
-    in_memory = _fmt(m["step_ms"]["in memory"])
+    in_memory = format_number(m["step_ms"]["in memory"])
     data = "reused from --work-dir" if not m["data_seconds"] else f"{m['data_seconds']:.0f} s, not timed"
     samples = "; ".join(f"{mode}: " + ", ".join(f"{x:.1f}" for x in values) for mode, values in m["samples_ms"].items())
     others = ", ".join(f"{x:.2f}" for x in m["other_cores"])
     setup = [*(f"{k}: {v}" for k, v in info.items())]
     setup += [
-        f"CPU other processes used during the kept repetitions (/proc/stat, max over each repetition's epochs): "
-        f"{others} cores; {len(m['other_cores'])} repetitions kept of {m['reps_run']} run (wanted {m['reps']}). "
+        "CPU other processes used during the kept repetitions (psutil: the machine's busy time minus this "
+        f"process's, max over each repetition's epochs): {others} cores; {len(m['other_cores'])} repetitions kept "
+        f"of {m['reps_run']} run (wanted {m['reps']}). "
         f"A repetition during which others used more than {MAX_OTHERS:g} cores is run again while the retry budget "
         f"lasts; the undisturbed ones are kept if there are at least {MIN_CLEAN}, else the least disturbed.",
         f"data: embedded data set, per_breed {m['per_breed']}, through the real data stage ({data}); train split "
@@ -474,7 +437,7 @@ def write_markdown(path: str, m: dict, rows: list[dict], info: dict, wall: float
     ]
     if m["variants"]:
         setup.append(
-            "variants: components.train.make_dataset rebuilt in this file with one change each, timed against the "
+            "variants: components.train.labelled_batches rebuilt in this file with one change each, timed against the "
             "in-memory batches the same way (repetitions kept: at least "
             f"{MIN_CLEAN}); the control row is the unchanged rebuild. A variant row marked disturbed had other "
             "processes using the CPUs throughout its retry budget: its ratio (back to back pairs) is still indicative, "
@@ -482,7 +445,7 @@ def write_markdown(path: str, m: dict, rows: list[dict], info: dict, wall: float
         )
     headline = (
         f"train step via tf.data / batches in memory: **{verdict['ratio']:.3f}×** — target ≤ {TARGET_RATIO:g}× "
-        f"**{'holds' if verdict['holds'] else 'missed'}** ({_fmt(verdict['value'])} vs {in_memory} ms/step)"
+        f"**{'holds' if verdict['holds'] else 'missed'}** ({format_number(verdict['value'])} vs {in_memory} ms/step)"
     )
     text = f"""# Training input pipeline benchmark
 
@@ -490,7 +453,7 @@ def write_markdown(path: str, m: dict, rows: list[dict], info: dict, wall: float
 
 - {headline}
 
-{markdown_table(rows)}
+{result_rows_markdown(rows)}
 
 ms/step per kept repetition ({m["epochs_per_rep"]} epoch(s) of {m["steps"]} steps per mode): {samples}.
 
@@ -498,7 +461,7 @@ ms/step per kept repetition ({m["epochs_per_rep"]} epoch(s) of {m["steps"]} step
 
 {chr(10).join(f"- {line}" for line in setup)}
 """
-    write_report(path, text)
+    write_markdown_report(path, text)
 
 
 def main(argv=None) -> int:
@@ -513,7 +476,7 @@ def main(argv=None) -> int:
     measured = measure(args.quick, args.work_dir, True if args.profile else None)
     rows = rows_of(measured)
     wall = time.perf_counter() - start
-    print(text_table(rows))
+    print(result_rows_text(rows))
     print(f"\nwall time {wall:.0f} s")
     command = "python -m benchmarks.input_pipeline" + " --quick" * args.quick + " --profile" * args.profile
     command += f" --out {args.out}" if args.out != parser.get_default("out") else ""

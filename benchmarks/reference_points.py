@@ -20,11 +20,11 @@ def load_split(tfrecord_dir: str, split: str, pixels: int):
     import tensorflow as tf
 
     from components.preprocess import split_pattern
-    from components.train import make_dataset
+    from components.train import labelled_batches
     from schemas import load_hierarchy, load_schema
 
     hierarchy, schema = load_hierarchy(), load_schema()
-    dataset = make_dataset(split_pattern(tfrecord_dir, split), schema, hierarchy, 64, 256, False, keep_breed=True)
+    dataset = labelled_batches(split_pattern(tfrecord_dir, split), schema, hierarchy, 64, 256, False, keep_breed=True)
     images, species, breeds = [], [], []
     for batch, labels in dataset:
         small = tf.image.resize(tf.cast(batch, tf.float32) / 255.0, [pixels, pixels], method="area")
@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     parser.add_argument("--work-dir", default="petpipe-work", help="work dir of a finished petpipe run")
     parser.add_argument("--pixels", type=int, default=16, help="side of the downsampled image (default 16)")
     args = parser.parse_args(argv)
-    from pipeline.data_stage import span_window
+    from pipeline.spans import span_window
 
     tfrecords = span_window(args.work_dir, 1)[0]
     train_parts = [load_split(tfrecords, split, args.pixels) for split in ("train", "eval")]

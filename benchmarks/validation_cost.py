@@ -19,6 +19,8 @@ from unittest import mock
 
 import apache_beam as beam
 
+from benchmarks.common import markdown_table
+
 
 class _NoStatistics(beam.PTransform):
     def __init__(self, *args, **kwargs):
@@ -35,7 +37,7 @@ def _unchecked(data, *limits):
 
 
 def _time_stage(config, data_dir, hierarchy, schema, validate: bool) -> tuple[float, int]:
-    from pipeline.data_stage import run_span_job
+    from pipeline.stages.data import run_span_job
 
     patches = contextlib.ExitStack()
     if not validate:
@@ -55,14 +57,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
-    from datasources.synthetic_pets import make_dataset
+    from datasources.synthetic_pets import write_synthetic_pets
     from pipeline.config import load_config
     from schemas import load_hierarchy, schema_for
 
     hierarchy = load_hierarchy()
     schema = schema_for(hierarchy)
     with tempfile.TemporaryDirectory() as tmp:
-        make_dataset(f"{tmp}/data", per_breed=args.per_breed, seed=0)
+        write_synthetic_pets(f"{tmp}/data", per_breed=args.per_breed, seed=0)
         config = load_config(None, [f"work_dir={tmp}/work"])
         _time_stage(config, f"{tmp}/data", hierarchy, schema, True)  # warm-up: imports, TF graph building
         rates: dict[bool, list[float]] = {True: [], False: []}
@@ -72,8 +74,11 @@ def main(argv=None) -> int:
                 rates[validate].append(images / seconds)
     with_v, without_v = statistics.median(rates[True]), statistics.median(rates[False])
     print(f"images: {images}, repeats: {args.repeats} (alternating), Beam FnApiRunner in-memory")
-    print(f"| data stage | images/s (median) |\n|---|---|\n| without validation | {without_v:.0f} |")
-    print(f"| with validation (image checks + statistics) | {with_v:.0f} |")
+    lines = [
+        ["without validation", f"{without_v:.0f}"],
+        ["with validation (image checks + statistics)", f"{with_v:.0f}"],
+    ]
+    print(markdown_table(["data stage", "images/s (median)"], lines))
     print(f"ratio with/without: {with_v / without_v:.3f} (target ≥ 0.9)")
     return 0
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from common.errors import ConfigError
-from pipeline.config import BlessConfig, parse_lower_bound
+from components.bless_config import BlessConfig, parse_lower_bound
 
 
 @dataclass(frozen=True)

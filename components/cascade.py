@@ -38,37 +38,23 @@ from components.train import (
     training_data,
     warm_start,
 )
-from pipeline.config import TrainConfig
+from components.train_config import TrainConfig, TrainingJob
 from schemas import Hierarchy
 
 
-def build_classifier(
-    name: str,
-    classes: int,
-    image_size: int,
-    filters: tuple[int, ...],
-    dropout: float = 0.2,
-    backbone: str = "simple",
-    backbone_weights: str | None = None,
-) -> keras.Model:
+def build_classifier(name: str, classes: int, image_size: int, config: TrainConfig) -> keras.Model:
     """uint8-range RGB image → softmax over `classes`: backbone → dropout → dense."""
     image = keras.Input(shape=(image_size, image_size, 3), name="image")
-    x = build_backbone(image_size, filters, backbone, backbone_weights, name=f"{name}_backbone")(image)
-    x = keras.layers.Dropout(dropout)(x)
+    backbone = build_backbone(image_size, config.filters, config.backbone, config.backbone_weights, f"{name}_backbone")
+    x = keras.layers.Dropout(config.dropout)(backbone(image))
     return keras.Model(image, keras.layers.Dense(classes, activation="softmax", name=f"{name}_probs")(x), name=name)
 
 
 def build_cascade(
-    hierarchy: Hierarchy,
-    image_size: int,
-    filters: tuple[int, ...],
-    dropout: float = 0.2,
-    backbone: str = "simple",
-    backbone_weights: str | None = None,
-    augment: bool = False,
-    seed: int = 0,
+    hierarchy: Hierarchy, image_size: int, config: TrainConfig
 ) -> tuple[keras.Model, dict[str, keras.Model]]:
-    """(combined model, {head name: training model}). Each training model is [augmentation →] a classifier that
+    """(combined model, {head name: training model}). Each training model is [augmentation (config.augment) →] a
+    classifier that
     the combined model shares, so fitting it trains the combined model; the combined outputs are named like
     build_multihead_model's.
 
@@ -77,17 +63,19 @@ def build_cascade(
     """
     heads = {SPECIES_HEAD: len(hierarchy.species)}
     heads.update({breed_head(s): len(breeds) for s, breeds in hierarchy.breeds_of.items()})
-    classifiers = {
-        head: build_classifier(head, n, image_size, filters, dropout, backbone, backbone_weights)
-        for head, n in heads.items()
-    }
+    classifiers = {head: build_classifier(head, n, image_size, config) for head, n in heads.items()}
     image = keras.Input(shape=(image_size, image_size, 3), name="image")
     combined = keras.Model(image, {head: model(image) for head, model in classifiers.items()}, name="cascade")
     training = {
-        head: with_augmentation(classifier, image_size, seed) if augment else classifier
+        head: with_augmentation(classifier, image_size, config.seed) if config.augment else classifier
         for head, classifier in classifiers.items()
     }
     return combined, training
+
+
+def build_combined_cascade(hierarchy: Hierarchy, image_size: int, config: TrainConfig) -> keras.Model:
+    """The combined model alone (the architecture registry's build entry: to load trained weights into)."""
+    return build_cascade(hierarchy, image_size, config)[0]
 
 
 def species_examples(batches: tf.data.Dataset, species_index: int) -> tf.data.Dataset:
@@ -129,46 +117,25 @@ def _compile(model: keras.Model, loss, learning_rate: float, epochs: int, steps_
     )
 
 
-def train_cascade(
-    config: TrainConfig,
-    tfrecord_dirs: list[str],
-    schema,
-    hierarchy: Hierarchy,
-    image_size: int,
-    log=print,
-    run_dir: str | None = None,
-    warm_start_weights: str | None = None,
-    strategy: str | tf.distribute.Strategy | None = "none",
-) -> tuple[keras.Model, dict]:
+def train_cascade(job: TrainingJob) -> tuple[keras.Model, dict]:
     """Fit the species model on all train examples and each breed model on its species' examples, config.epochs
-    each; (combined model, history with keys prefixed by the sub-model, e.g. 'cat_breed/val_loss').
-    `strategy`: none | mirrored | multiworker | auto, or a tf.distribute.Strategy (components/distribute.py)."""
-    keras.utils.set_random_seed(config.seed)
-    strategy = setup_strategy(config, strategy, log)
+    each; (combined model, history with keys prefixed by the sub-model, e.g. 'cat_breed/val_loss')."""
+    keras.utils.set_random_seed(job.config.seed)
+    strategy = setup_strategy(job.config, job.config.distribute if job.strategy is None else job.strategy, job.log)
     with strategy_scope(strategy):
-        return _train_cascade(
-            config, tfrecord_dirs, schema, hierarchy, image_size, log, run_dir, warm_start_weights, strategy
-        )
+        return _train_cascade(job, strategy)
 
 
-def _train_cascade(config, tfrecord_dirs, schema, hierarchy, image_size, log, run_dir, warm_start_weights, strategy):
+def _train_cascade(job: TrainingJob, strategy) -> tuple[keras.Model, dict]:
+    config, hierarchy, image_size, log = job.config, job.hierarchy, job.image_size, job.log
     # The train batches are filtered and re-batched per sub-model, so they keep every example here; with several
     # replicas, each sub-model's batching drops its own last partial batch.
     drop = distribute.replicas(strategy) > 1
-    train, validation = training_data(config, tfrecord_dirs, schema, hierarchy, image_size)
-    combined, models = build_cascade(
-        hierarchy,
-        image_size,
-        config.filters,
-        config.dropout,
-        config.backbone,
-        config.backbone_weights,
-        config.augment,
-        config.seed,
-    )
-    warm_start(combined, warm_start_weights, log)
-    class_weights = balanced_class_weights(tfrecord_dirs, hierarchy) if config.class_weights else {}
-    fingerprint = fingerprint_of(config, tfrecord_dirs, image_size)
+    train, validation = training_data(config, job.tfrecord_dirs, job.schema, hierarchy, image_size)
+    combined, models = build_cascade(hierarchy, image_size, config)
+    warm_start(combined, job.warm_start_weights, log)
+    class_weights = balanced_class_weights(job.tfrecord_dirs, hierarchy) if config.class_weights else {}
+    fingerprint = fingerprint_of(config, job.tfrecord_dirs, image_size)
     num_species = len(hierarchy.species)
     train_counts = _species_counts(train, num_species)
     val_counts = _species_counts(validation, num_species) if validation is not None else np.zeros(num_species, int)
@@ -210,7 +177,7 @@ def _train_cascade(config, tfrecord_dirs, schema, hierarchy, image_size, log, ru
             continue
         log(f"  {head}: {model.count_params():,} parameters, {steps} steps per epoch")
         _compile(model, loss, config.learning_rate, config.epochs, steps)
-        sub_run_dir = os.path.join(run_dir, head) if run_dir else None
+        sub_run_dir = os.path.join(job.run_dir, head) if job.run_dir else None
         sub_history = fit(
             model,
             sub_train,

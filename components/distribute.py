@@ -22,7 +22,7 @@ import os
 
 import tensorflow as tf
 
-DISTRIBUTE = ("none", "mirrored", "multiworker", "auto")
+from components.train_config import DISTRIBUTE
 
 _strategies: dict[str, tf.distribute.Strategy] = {}
 

@@ -40,6 +40,7 @@ import uuid
 import tensorflow as tf
 
 from components import fileio
+from components.export_config import ExportConfig
 from components.model import SPECIES_HEAD, breed_head, hierarchical_answer
 from components.preprocess import decode_and_resize
 from schemas import IMAGE_ENCODED, Hierarchy
@@ -250,19 +251,20 @@ def export_model(
     hierarchy: Hierarchy,
     model_base_path: str,
     image_size: int,
-    top_k: int = 5,
+    config: ExportConfig,
     metadata: dict | None = None,
-    uncertainty_threshold: float = 0.0,
     warmup_images: list[bytes] | None = None,
-    model_name: str = "pets",
 ) -> tuple[int, str]:
-    """Save a new version atomically; returns (version, path). Versions increase strictly: max existing + 1."""
+    """Save a new version atomically; returns (version, path). Versions increase strictly: max existing + 1.
+    From `config`: top_k, species_uncertainty_threshold (the serving signature's), model_name (the warmup's)."""
     tf.io.gfile.makedirs(model_base_path)
     staging = os.path.join(model_base_path, f"{STAGING_PREFIX}{uuid.uuid4().hex}")
     with tempfile.TemporaryDirectory() as vocab_dir:  # local scratch: saving copies the files into assets/
         fileio.write_text(os.path.join(vocab_dir, "breeds.txt"), "".join(f"{n}\n" for n in hierarchy.breed_names))
         fileio.write_text(os.path.join(vocab_dir, "species.txt"), "".join(f"{n}\n" for n in hierarchy.species))
-        module = ServingModule(model, hierarchy, image_size, top_k, vocab_dir, uncertainty_threshold)
+        module = ServingModule(
+            model, hierarchy, image_size, config.top_k, vocab_dir, config.species_uncertainty_threshold
+        )
         signatures = {
             DEFAULT_SIGNATURE: module.serve_image_bytes.get_concrete_function(),
             EXAMPLES_SIGNATURE: module.serve_examples.get_concrete_function(),
@@ -277,7 +279,7 @@ def export_model(
     with tf.io.gfile.GFile(os.path.join(extra, "petpipe.json"), "w") as f:
         f.write(json.dumps(metadata or {}, indent=2, sort_keys=True, default=str))
     if warmup_images:
-        write_warmup_requests(staging, model_name, warmup_images)
+        write_warmup_requests(staging, config.model_name, warmup_images)
     # The claim fails when the number is taken, so a concurrent export that took the same number retries.
     for _ in range(100):
         version = max(existing_versions(model_base_path), default=0) + 1

@@ -8,7 +8,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from pipeline.config import BACKBONES  # the config validates names without importing TF
+from components.train_config import BACKBONES, TrainConfig
 from schemas import Hierarchy
 
 SPECIES_HEAD = "species"
@@ -81,18 +81,12 @@ def with_augmentation(model: keras.Model, image_size: int, seed: int = 0) -> ker
     return keras.Model(image, model(augmentation(seed)(image)), name=model.name)
 
 
-def build_multihead_model(
-    hierarchy: Hierarchy,
-    image_size: int,
-    filters: tuple[int, ...],
-    dropout: float = 0.2,
-    backbone: str = "simple",
-    backbone_weights: str | None = None,
-) -> keras.Model:
-    """uint8-range RGB image → {'species': [N,S], '<species>_breed': [N,B_s]} softmax outputs, one backbone."""
+def build_multihead_model(hierarchy: Hierarchy, image_size: int, config: TrainConfig) -> keras.Model:
+    """uint8-range RGB image → {'species': [N,S], '<species>_breed': [N,B_s]} softmax outputs, one backbone
+    (config.filters, backbone, backbone_weights, dropout)."""
     image = keras.Input(shape=(image_size, image_size, 3), name="image")
-    x = build_backbone(image_size, filters, backbone, backbone_weights)(image)
-    features = keras.layers.Dropout(dropout)(x)
+    x = build_backbone(image_size, config.filters, config.backbone, config.backbone_weights)(image)
+    features = keras.layers.Dropout(config.dropout)(x)
     outputs = {
         SPECIES_HEAD: keras.layers.Dense(len(hierarchy.species), activation="softmax", name=SPECIES_HEAD)(features)
     }

@@ -1,7 +1,7 @@
-"""Statistics and validation of the written examples: TFX's StatisticsGen + ExampleValidator inside our Beam job.
+"""Statistics of the written examples: TFX's StatisticsGen inside our Beam job.
 
-Pure core: SplitStatistics (a mergeable accumulator over one split), compute_statistics, validate,
-format_anomalies, write_report. Beam shell: ComputeStatistics, a CombineFn around SplitStatistics.
+Pure core: SplitStatistics (a mergeable accumulator over one split) and compute_statistics. Beam shell:
+ComputeStatistics, a CombineFn around SplitStatistics. Their checks are in components/validation.py.
 
 Examples are parsed with the protobuf class (`tf.train.Example.FromString`), never with TF ops, and no image
 bytes are kept: per example the accumulator updates a few counters and dicts.
@@ -17,96 +17,20 @@ from __future__ import annotations
 
 import bisect
 import itertools
-import json
 import math
-from dataclasses import asdict, dataclass
+from collections import defaultdict
 
 import apache_beam as beam
 import tensorflow as tf
 
-from components.ingest import SPLITS, TRAIN
-from schemas import LABEL_BREED, LABEL_SPECIES, Hierarchy, breed_feature
+from components.statistics_layout import BYTES, FLOAT, INT, FeatureSpec, StatisticsLayout, ordered_splits
+from schemas import LABEL_BREED, LABEL_SPECIES, Hierarchy
 
 NUM_QUANTILES = 10  # deciles: 11 points from min to max
 ASPECT_RESOLUTION = 1000  # aspect ratios are counted rounded to 1/1000
 
-SCHEMA_VIOLATION = "schema_violation"
-MISSING_FEATURE = "missing_feature"
-EMPTY_SPLIT = "empty_split"
-MISSING_CLASS = "missing_class"
-DISTRIBUTION_DRIFT = "distribution_drift"
-QUARANTINE = "quarantine"
-
-_INT, _FLOAT, _BYTES = "INT", "FLOAT", "BYTES"
-_LIST_OF = {_INT: "int64_list", _FLOAT: "float_list", _BYTES: "bytes_list"}  # tf.train.Feature's oneof fields
+_LIST_OF = {INT: "int64_list", FLOAT: "float_list", BYTES: "bytes_list"}  # tf.train.Feature's oneof fields
 _Example = tf.train.Example  # the generated protobuf class: FromString is pure (upb) protobuf, no TF op
-
-
-@dataclass(frozen=True)
-class Anomaly:
-    kind: str  # one of the kinds above
-    split: str
-    feature: str  # the feature or label concerned; "" if none
-    message: str  # one line a person can act on, with the numbers
-    severe: bool
-
-
-# ---------------------------------------------------------------------------------------------- schema access
-
-
-def _domain(schema, feature):
-    """The feature's IntDomain / StringDomain / FloatDomain (inline or referenced by name), or None."""
-    which = feature.WhichOneof("domain_info")
-    if which in ("int_domain", "string_domain", "float_domain"):
-        return getattr(feature, which)
-    if which == "domain":
-        for domain in itertools.chain(schema.string_domain, schema.int_domain, schema.float_domain):
-            if domain.name == feature.domain:
-                return domain
-    return None
-
-
-def _is(domain, proto_name: str) -> bool:
-    return domain is not None and domain.DESCRIPTOR.name == proto_name
-
-
-def _type_name(schema_feature) -> str:
-    from tensorflow_metadata.proto.v0 import schema_pb2
-
-    return schema_pb2.FeatureType.Name(schema_feature.type)
-
-
-@dataclass(frozen=True)
-class _FeatureSpec:
-    name: str
-    kind: str  # INT | FLOAT | BYTES
-    count_values: bool  # keep {value: count}: categorical INT, or BYTES with a string domain
-
-
-@dataclass(frozen=True)
-class _Layout:
-    """What an accumulator needs from the schema and the hierarchy: plain tuples, cheap to pickle for Beam."""
-
-    features: tuple[_FeatureSpec, ...]
-    species: tuple[str, ...]
-    breeds: tuple[str, ...]
-
-    @classmethod
-    def build(cls, schema, hierarchy: Hierarchy) -> _Layout:
-        labels = {LABEL_SPECIES, LABEL_BREED, *(breed_feature(s) for s in hierarchy.species)}
-        specs = []
-        for feature in schema.feature:
-            kind = _type_name(feature)
-            domain = _domain(schema, feature)
-            if kind == _INT:
-                # Label counts give the species/breed tables, so labels are counted even if not marked categorical.
-                categorical = feature.name in labels or (_is(domain, "IntDomain") and domain.is_categorical)
-                specs.append(_FeatureSpec(feature.name, _INT, categorical))
-            elif kind == _BYTES:
-                specs.append(_FeatureSpec(feature.name, _BYTES, _is(domain, "StringDomain")))
-            else:
-                specs.append(_FeatureSpec(feature.name, _FLOAT, False))
-        return cls(tuple(specs), tuple(hierarchy.species), tuple(hierarchy.breed_names))
 
 
 # ---------------------------------------------------------------------------------------------- accumulator
@@ -149,7 +73,7 @@ class _FeatureAcc:
         if self.values is not None:
             for v in values:
                 self.values[v] = self.values.get(v, 0) + 1
-        elif kind == _BYTES:
+        elif kind == BYTES:
             self.value_total += n
             self.length_total += sum(map(len, values))
         else:
@@ -195,18 +119,12 @@ def _size_summary(counts: dict[int, int], total: int) -> dict:
 
 
 class SplitStatistics:
-    """Mergeable statistics of one split: add_example / add_quarantined, merge, to_dict / from_dict."""
+    """Mergeable statistics of one split: add_example / add_quarantined, merge, to_dict.
 
-    def __init__(self, schema, hierarchy: Hierarchy):
-        self._init(_Layout.build(schema, hierarchy))
+    `layout` is StatisticsLayout.build(schema, hierarchy), built once and shared by every split's accumulator.
+    """
 
-    @classmethod
-    def _empty(cls, layout: _Layout) -> SplitStatistics:
-        stats = cls.__new__(cls)
-        stats._init(layout)
-        return stats
-
-    def _init(self, layout: _Layout) -> None:
+    def __init__(self, layout: StatisticsLayout):
         self._layout = layout
         self._features = [(spec, _FeatureAcc(spec.count_values)) for spec in layout.features]
         # Flat tuples: add_example unpacks them instead of reading attributes per feature.
@@ -251,7 +169,7 @@ class SplitStatistics:
             counts = acc.values
             if counts is not None:
                 counts[v] = counts.get(v, 0) + 1
-            elif kind == _BYTES:
+            elif kind == BYTES:
                 acc.length_total += len(v)
                 acc.value_total += 1
             else:
@@ -308,7 +226,7 @@ class SplitStatistics:
         return self
 
     def to_dict(self) -> dict:
-        """JSON-able statistics of the split; also the state from_dict() restores."""
+        """JSON-able statistics of the split."""
         n = self.records
         feature_stats = {spec.name: self._feature_dict(spec, acc) for spec, acc in self._features}
         species_counts = feature_stats.get(LABEL_SPECIES, {}).get("values", {})
@@ -326,7 +244,7 @@ class SplitStatistics:
                 "max": _finite(self._aspect_max),
                 "mean": self._aspect_sum / aspect_total if aspect_total else None,
                 "quantiles": _quantiles(self._aspects, aspect_total, ASPECT_RESOLUTION),
-                "sum": self._aspect_sum,  # kept so that from_dict can merge exactly
+                "sum": self._aspect_sum,  # exact, unlike mean × count: lets a reader combine splits exactly
                 "counts": {f"{k / ASPECT_RESOLUTION:.3f}": self._aspects[k] for k in sorted(self._aspects)},
             },
             "bytes": {
@@ -339,7 +257,7 @@ class SplitStatistics:
             "unknown_features": dict(sorted(self._unknown.items())),
         }
 
-    def _feature_dict(self, spec: _FeatureSpec, acc: _FeatureAcc) -> dict:
+    def _feature_dict(self, spec: FeatureSpec, acc: _FeatureAcc) -> dict:
         present = self.records - acc.missing
         num_values = dict(acc.num_values)
         if present - acc.wrong_type - sum(num_values.values()):
@@ -356,14 +274,14 @@ class SplitStatistics:
             },
         }
         if acc.values is not None:
-            if spec.kind == _INT:
+            if spec.kind == INT:
                 out["min"] = min(acc.values) if acc.values else None
                 out["max"] = max(acc.values) if acc.values else None
                 out["values"] = {str(v): acc.values[v] for v in sorted(acc.values)}
             else:
                 decoded = {v.decode("utf-8", "surrogateescape"): n for v, n in acc.values.items()}
                 out["values"] = dict(sorted(decoded.items()))
-        elif spec.kind == _BYTES:
+        elif spec.kind == BYTES:
             out["mean_length"] = acc.length_total / acc.value_total if acc.value_total else None
             out["length_total"] = acc.length_total
             out["value_total"] = acc.value_total
@@ -371,243 +289,21 @@ class SplitStatistics:
             out["min"], out["max"] = _finite(acc.min), _finite(acc.max)
         return out
 
-    @classmethod
-    def from_dict(cls, d: dict, schema, hierarchy: Hierarchy) -> SplitStatistics:
-        """The accumulator back from to_dict() (same schema and hierarchy), ready to merge more into."""
-        stats = cls(schema, hierarchy)
-        stats.records = d["records"]
-        stats.quarantined = dict(d["quarantined"])
-        stats._unknown = dict(d.get("unknown_features", {}))
-        stats._widths = {int(k): n for k, n in d["image_width"]["counts"].items()}
-        stats._heights = {int(k): n for k, n in d["image_height"]["counts"].items()}
-        aspect = d["aspect_ratio"]
-        stats._aspects = {round(float(k) * ASPECT_RESOLUTION): n for k, n in aspect["counts"].items()}
-        stats._aspect_sum = aspect["sum"]
-        stats._aspect_min = math.inf if aspect["min"] is None else aspect["min"]
-        stats._aspect_max = -math.inf if aspect["max"] is None else aspect["max"]
-        size = d["bytes"]
-        stats._bytes_total = size["total"]
-        stats._bytes_min = math.inf if size["min"] is None else size["min"]
-        stats._bytes_max = -math.inf if size["max"] is None else size["max"]
-        for spec, acc in stats._features:
-            f = d["features"][spec.name]
-            acc.missing, acc.wrong_type = f["missing"], f["wrong_type"]
-            acc.num_values = {int(k): c for k, c in f["num_values"]["counts"].items() if k != "1"}
-            if acc.values is not None:
-                to_key = int if spec.kind == _INT else lambda s: s.encode("utf-8", "surrogateescape")
-                acc.values = {to_key(k): n for k, n in f["values"].items()}
-            elif spec.kind == _BYTES:
-                acc.length_total, acc.value_total = f["length_total"], f["value_total"]
-            else:
-                acc.min = math.inf if f["min"] is None else f["min"]
-                acc.max = -math.inf if f["max"] is None else f["max"]
-        return stats
-
-
-def _ordered_splits(names) -> list[str]:
-    """The known splits first (always present, so that an empty one is visible), then any other, sorted."""
-    return list(SPLITS) + sorted(set(names) - set(SPLITS))
-
 
 def compute_statistics(items, schema, hierarchy: Hierarchy, quarantined=()) -> dict[str, dict]:
     """(split, serialized, width, height, nbytes) items and (split, reason) quarantine entries → {split: stats}."""
-    layout = _Layout.build(schema, hierarchy)
-    by_split: dict[str, SplitStatistics] = {}
+    layout = StatisticsLayout.build(schema, hierarchy)
+    by_split: dict[str, SplitStatistics] = defaultdict(lambda: SplitStatistics(layout))
     for split, serialized, width, height, nbytes in items:
-        if split not in by_split:
-            by_split[split] = SplitStatistics._empty(layout)
         by_split[split].add_example(serialized, width, height, nbytes)
     for split, reason in quarantined:
-        if split not in by_split:
-            by_split[split] = SplitStatistics._empty(layout)
         by_split[split].add_quarantined(reason)
-    return {s: (by_split.get(s) or SplitStatistics._empty(layout)).to_dict() for s in _ordered_splits(by_split)}
+    return _statistics_dicts(by_split, layout)
 
 
-# ---------------------------------------------------------------------------------------------- validation
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
-
-
-def _counts_text(counts: dict, limit: int = 5) -> str:
-    """'a (3), b (1)', largest first, at most `limit` entries."""
-    ordered = sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0])))
-    text = ", ".join(f"{k} ({n})" for k, n in ordered[:limit])
-    return text + (f", … {len(ordered) - limit} more" if len(ordered) > limit else "")
-
-
-def _feature_anomalies(schema, split: str, stats: dict) -> list[tuple[str, str, str]]:
-    """(kind, feature, message) for presence, type, shape and domain violations of one non-empty split."""
-    n = stats["records"]
-    out = []
-    for feature in schema.feature:
-        name = feature.name
-        f = stats["features"].get(name)
-        if f is None:
-            out.append((MISSING_FEATURE, name, f"'{name}' is not in the statistics (computed with another schema?)"))
-            continue
-        if feature.HasField("presence"):
-            min_fraction, min_count = feature.presence.min_fraction, feature.presence.min_count
-            if (f["missing"] and f["present"] / n < min_fraction) or f["present"] < min_count:
-                out.append(
-                    (
-                        MISSING_FEATURE,
-                        name,
-                        f"'{name}' missing in {f['missing']} of {n} examples (schema requires presence "
-                        f"fraction ≥ {min_fraction:g} and count ≥ {min_count})",
-                    )
-                )
-        if f["wrong_type"]:
-            out.append(
-                (
-                    SCHEMA_VIOLATION,
-                    name,
-                    f"'{name}' holds another value type than the schema's {_type_name(feature)} "
-                    f"in {f['wrong_type']} of {n} examples",
-                )
-            )
-        if feature.HasField("shape") and f["present"]:
-            expected = math.prod(d.size for d in feature.shape.dim)
-            low, high = f["num_values"]["min"], f["num_values"]["max"]
-            if (low, high) != (expected, expected):
-                out.append(
-                    (
-                        SCHEMA_VIOLATION,
-                        name,
-                        f"'{name}' has {low}..{high} values per example; the schema shape needs {expected}",
-                    )
-                )
-        domain = _domain(schema, feature)
-        if domain is None or not f["present"]:
-            continue
-        if _is(domain, "IntDomain") and (domain.HasField("min") or domain.HasField("max")):
-            low = domain.min if domain.HasField("min") else -math.inf
-            high = domain.max if domain.HasField("max") else math.inf
-            if f["min"] is not None and (f["min"] < low or f["max"] > high):
-                outside = {k: c for k, c in f.get("values", {}).items() if not low <= int(k) <= high}
-                detail = f": {_counts_text(outside)}" if outside else ""
-                out.append(
-                    (
-                        SCHEMA_VIOLATION,
-                        name,
-                        f"'{name}' values outside the schema int_domain [{domain.min}, {domain.max}]{detail}; "
-                        f"observed range [{f['min']}, {f['max']}]",
-                    )
-                )
-        elif _is(domain, "StringDomain") and "values" in f:
-            allowed = set(domain.value)
-            unexpected = {v: c for v, c in f["values"].items() if v not in allowed}
-            if unexpected:
-                out.append(
-                    (
-                        SCHEMA_VIOLATION,
-                        name,
-                        f"'{name}' has {_plural(sum(unexpected.values()), 'value')} not in the schema string_domain "
-                        f"{sorted(allowed)}: {_counts_text(unexpected)}",
-                    )
-                )
-    for name, count in stats.get("unknown_features", {}).items():
-        out.append((SCHEMA_VIOLATION, name, f"'{name}' is not in the schema but is set in {count} of {n} examples"))
-    return out
-
-
-def _breed_distribution(breeds: dict[str, int]) -> dict[str, float]:
-    total = sum(breeds.values())
-    return {b: n / total for b, n in breeds.items()} if total else {}
-
-
-def validate(
-    statistics: dict[str, dict], schema, hierarchy: Hierarchy, previous: dict[str, dict] | None, config
-) -> list[Anomaly]:
-    """Anomalies of this run's statistics against the schema, the hierarchy and the previous run's statistics.
-
-    `config` is a pipeline.config.ValidationConfig (drift_linf_threshold, severe: the kinds that stop the run).
-    """
-    anomalies: list[Anomaly] = []
-
-    def report(kind: str, split: str, feature: str, message: str) -> None:
-        # An empty eval/test split is legitimate (e.g. data.eval_fraction=0): reported, never fatal.
-        severe = kind in config.severe and not (kind == EMPTY_SPLIT and split != TRAIN)
-        anomalies.append(Anomaly(kind, split, feature, message, severe))
-
-    for split in _ordered_splits(statistics):
-        stats = statistics.get(split) or {"records": 0, "quarantined": {}}
-        if stats["records"] == 0 and split not in SPLITS:
-            # A split outside SPLITS without examples only carries quarantine counts.
-            _report_quarantine(report, split, stats)
-            continue
-        n = stats["records"]
-        if n == 0:
-            quarantined = sum(stats["quarantined"].values())
-            report(EMPTY_SPLIT, split, "", f"no examples written ({quarantined} quarantined)")
-            _report_quarantine(report, split, stats)
-            continue
-        for kind, feature, message in _feature_anomalies(schema, split, stats):
-            report(kind, split, feature, message)
-
-        breeds = stats["breeds"]
-        before = (previous or {}).get(split)
-        before_breeds = before["breeds"] if before and before.get("records") else {}
-        lost = [b for b, count in before_breeds.items() if count and not breeds.get(b)]
-        for breed in lost:
-            report(
-                MISSING_CLASS,
-                split,
-                LABEL_BREED,
-                f"no examples of breed '{breed}' (previous run: {before_breeds[breed]})",
-            )
-        if split == TRAIN:
-            absent = [b for b in hierarchy.breed_names if not breeds.get(b) and b not in lost]
-            if absent:
-                names = ", ".join(f"'{b}'" for b in absent)
-                report(
-                    MISSING_CLASS,
-                    split,
-                    LABEL_BREED,
-                    f"no examples of {_plural(len(absent), 'breed')} of {len(hierarchy.breeds)}: {names}",
-                )
-        if before_breeds:
-            _report_drift(report, split, before_breeds, breeds, config.drift_linf_threshold)
-        _report_quarantine(report, split, stats)
-    return anomalies
-
-
-def _report_drift(report, split: str, before: dict[str, int], now: dict[str, int], threshold: float) -> None:
-    p, q = _breed_distribution(before), _breed_distribution(now)
-    if not p or not q:
-        return
-    changes = {b: q.get(b, 0.0) - p.get(b, 0.0) for b in dict.fromkeys([*p, *q])}
-    breed = max(changes, key=lambda b: abs(changes[b]))
-    distance = abs(changes[breed])
-    if distance > threshold:
-        report(
-            DISTRIBUTION_DRIFT,
-            split,
-            LABEL_BREED,
-            f"breed distribution moved by L-infinity distance {distance:.4f} (threshold {threshold:g}) since the "
-            f"previous run; largest change: '{breed}' {p.get(breed, 0.0):.2%} → {q.get(breed, 0.0):.2%} "
-            f"({before.get(breed, 0)} → {now.get(breed, 0)} examples)",
-        )
-
-
-def _report_quarantine(report, split: str, stats: dict) -> None:
-    quarantined = stats["quarantined"]
-    total = sum(quarantined.values())
-    if total:
-        report(QUARANTINE, split, "", f"{_plural(total, 'record')} quarantined: {_counts_text(quarantined, 20)}")
-
-
-def format_anomalies(anomalies: list[Anomaly]) -> list[str]:
-    """One line per anomaly, e.g. "SEVERE train missing_class: no examples of breed 'pug' (previous run: 40)"."""
-    return [f"{'SEVERE' if a.severe else 'WARNING'} {a.split} {a.kind}: {a.message}" for a in anomalies]
-
-
-def write_report(path: str, statistics: dict[str, dict], anomalies: list[Anomaly]) -> None:
-    """{"statistics": ..., "anomalies": [...]} as JSON at `path` (local or any tf.io.gfile filesystem)."""
-    with tf.io.gfile.GFile(path, "w") as f:
-        json.dump({"statistics": statistics, "anomalies": [asdict(a) for a in anomalies]}, f, indent=1)
+def _statistics_dicts(by_split: dict[str, SplitStatistics], layout: StatisticsLayout) -> dict[str, dict]:
+    """{split: to_dict()} in split order, the known splits included even without any input."""
+    return {s: (by_split.get(s) or SplitStatistics(layout)).to_dict() for s in ordered_splits(by_split)}
 
 
 # ---------------------------------------------------------------------------------------------- Beam shell
@@ -616,7 +312,7 @@ def write_report(path: str, statistics: dict[str, dict], anomalies: list[Anomaly
 class _StatisticsCombineFn(beam.CombineFn):
     """Accumulator {split: SplitStatistics}; inputs are example 5-tuples or (split, reason) quarantine pairs."""
 
-    def __init__(self, layout: _Layout):
+    def __init__(self, layout: StatisticsLayout):
         self._layout = layout
 
     def create_accumulator(self):
@@ -626,7 +322,7 @@ class _StatisticsCombineFn(beam.CombineFn):
         split = item[0]
         stats = accumulator.get(split)
         if stats is None:
-            stats = accumulator[split] = SplitStatistics._empty(self._layout)
+            stats = accumulator[split] = SplitStatistics(self._layout)
         if len(item) == 2:
             stats.add_quarantined(item[1])
         else:
@@ -639,15 +335,12 @@ class _StatisticsCombineFn(beam.CombineFn):
         for accumulator in accumulators:
             for split, stats in accumulator.items():
                 if split not in merged:  # a fresh one: accumulators other than the first must stay unchanged
-                    merged[split] = SplitStatistics._empty(self._layout)
+                    merged[split] = SplitStatistics(self._layout)
                 merged[split].merge(stats)
         return merged
 
     def extract_output(self, accumulator):
-        return {
-            s: (accumulator.get(s) or SplitStatistics._empty(self._layout)).to_dict()
-            for s in _ordered_splits(accumulator)
-        }
+        return _statistics_dicts(accumulator, self._layout)
 
 
 class ComputeStatistics(beam.PTransform):
@@ -655,7 +348,7 @@ class ComputeStatistics(beam.PTransform):
 
     def __init__(self, schema, hierarchy: Hierarchy, quarantined: beam.PCollection | None = None):
         super().__init__()
-        self._layout = _Layout.build(schema, hierarchy)
+        self._layout = StatisticsLayout.build(schema, hierarchy)
         self._quarantined = quarantined
 
     def expand(self, examples):

@@ -27,7 +27,7 @@ from common.errors import DataError
 from components import distribute, fileio
 from components.model import SPECIES_HEAD, breed_head, build_multihead_model, compile_multihead, with_augmentation
 from components.preprocess import TFRECORD_SUFFIX, decode_and_resize, split_pattern
-from pipeline.config import TrainConfig
+from components.train_config import TrainConfig, TrainingJob
 from schemas import IMAGE_ENCODED, LABEL_BREED, LABEL_SPECIES, Hierarchy, breed_feature
 
 
@@ -62,7 +62,7 @@ def count_records(patterns: str | list[str]) -> int:
     return sum(1 for _ in tf.data.TFRecordDataset(tfrecord_files(patterns), compression_type="GZIP"))
 
 
-def make_dataset(
+def labelled_batches(
     patterns: str | list[str],
     schema,
     hierarchy: Hierarchy,
@@ -241,7 +241,7 @@ def training_data(
     drop_remainder: bool = False,
 ):
     """(train, validation or None) datasets over the spans' TFRecords; `drop_remainder` applies to train only."""
-    train = make_dataset(
+    train = labelled_batches(
         [split_pattern(d, "train") for d in tfrecord_dirs],
         schema,
         hierarchy,
@@ -260,7 +260,7 @@ def training_data(
     eval_patterns = [split_pattern(d, "eval") for d in tfrecord_dirs]
     validation = None
     if tfrecord_files(eval_patterns):  # data.eval_fraction=0 leaves the eval shards empty
-        validation = make_dataset(eval_patterns, schema, hierarchy, image_size, config.batch_size, False)
+        validation = labelled_batches(eval_patterns, schema, hierarchy, image_size, config.batch_size, False)
         if int(validation.cardinality()) == 0:
             validation = None
     return train, validation
@@ -304,34 +304,22 @@ def setup_strategy(config: TrainConfig, strategy, log) -> tf.distribute.Strategy
     return strategy
 
 
-def train_model(
-    config: TrainConfig,
-    tfrecord_dirs: list[str],
-    schema,
-    hierarchy: Hierarchy,
-    image_size: int,
-    log=print,
-    run_dir: str | None = None,
-    warm_start_weights: str | None = None,
-    strategy: str | tf.distribute.Strategy | None = "none",
-) -> tuple[keras.Model, dict]:
-    """Fit the multi-head model on the train split of the given spans, validating on eval; (model, history).
-    `strategy`: none | mirrored | multiworker | auto, or a tf.distribute.Strategy (components/distribute.py)."""
+def train_model(job: TrainingJob) -> tuple[keras.Model, dict]:
+    """Fit the multi-head model on the train split of the job's spans, validating on eval; (model, history)."""
+    config, log, image_size = job.config, job.log, job.image_size
     keras.utils.set_random_seed(config.seed)
-    strategy = setup_strategy(config, strategy, log)
+    strategy = setup_strategy(config, config.distribute if job.strategy is None else job.strategy, log)
     with strategy_scope(strategy):
         drop = distribute.replicas(strategy) > 1
-        train, validation = training_data(config, tfrecord_dirs, schema, hierarchy, image_size, drop)
-        model = build_multihead_model(
-            hierarchy, image_size, config.filters, config.dropout, config.backbone, config.backbone_weights
-        )
-        warm_start(model, warm_start_weights, log)
+        train, validation = training_data(config, job.tfrecord_dirs, job.schema, job.hierarchy, image_size, drop)
+        model = build_multihead_model(job.hierarchy, image_size, config)
+        warm_start(model, job.warm_start_weights, log)
         trained = with_augmentation(model, image_size, config.seed) if config.augment else model
         steps_per_epoch = int(train.cardinality())
         # Cosine decay to zero: the last epochs take small steps, so the exported weights do not jitter.
         learning_rate = keras.optimizers.schedules.CosineDecay(config.learning_rate, config.epochs * steps_per_epoch)
-        class_weights = balanced_class_weights(tfrecord_dirs, hierarchy) if config.class_weights else None
-        compile_multihead(trained, hierarchy, learning_rate, config.breed_loss_weight, class_weights)
-        fingerprint = fingerprint_of(config, tfrecord_dirs, image_size)
-        history = fit(trained, train, validation, config, log, run_dir, fingerprint)
+        class_weights = balanced_class_weights(job.tfrecord_dirs, job.hierarchy) if config.class_weights else None
+        compile_multihead(trained, job.hierarchy, learning_rate, config.breed_loss_weight, class_weights)
+        fingerprint = fingerprint_of(config, job.tfrecord_dirs, image_size)
+        history = fit(trained, train, validation, config, log, job.run_dir, fingerprint)
     return model, history

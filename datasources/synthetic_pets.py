@@ -217,7 +217,7 @@ def image_rng(seed: int, annotation: Annotation) -> np.random.Generator:
     return np.random.default_rng([seed, annotation.class_id, number])
 
 
-def make_dataset(
+def write_synthetic_pets(
     out_dir: str | os.PathLike,
     per_breed: int = 60,
     seed: int = 0,

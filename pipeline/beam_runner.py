@@ -87,7 +87,7 @@ def make_pipeline(beam_args: list[str] | None = None) -> beam.Pipeline:
 
 
 # How one of our errors reads in the text of a failure relayed from a worker process.
-_RELAYED_ERROR = re.compile(r"pipeline\.errors\.(\w+): (.+)")
+_RELAYED_ERROR = re.compile(re.escape(errors.__name__) + r"\.(\w+): (.+)")  # common.errors.DataError: ...
 
 
 def user_error(exc: BaseException) -> errors.PetpipeError | None:

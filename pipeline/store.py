@@ -88,16 +88,6 @@ class RunStore:
     def close(self) -> None:
         self.db.close()
 
-    @contextlib.contextmanager
-    def _transaction(self):
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-
     # --- runs -------------------------------------------------------------------------------------------------
     def start_run(self, config_hash: str) -> int:
         cursor = self.db.execute(

@@ -12,6 +12,8 @@ DirectSession::Run itself, without the Python-side shape check that `Session.run
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,6 +23,10 @@ from tensorflow.python.saved_model.loader_impl import SavedModelLoader
 from serving.status import from_tf_error, invalid
 
 SERVE_TAG = "serve"
+# Hears every Session::Run: (batch size — dimension 0 of the first fed tensor, 1 for a scalar —, wall seconds),
+# failed runs included. For measurement (e.g. benchmarks/); it runs on the request's thread, so it must be quick
+# and thread-safe, and must not raise.
+RunObserver = Callable[[int, float], None]
 
 
 @dataclass
@@ -31,12 +37,23 @@ class SessionBundle:
     session: tf.compat.v1.Session = field(repr=False)
     signature_defs: dict  # name → meta_graph_pb2.SignatureDef
     _outputs: dict = field(default_factory=dict, repr=False)  # tensor name → TF_Output
+    observer: RunObserver | None = field(default=None, repr=False)
     _users: int = 0
     _closing: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def run(self, feeds: dict[str, np.ndarray], fetches: list[str]) -> list[np.ndarray]:
         """One Session::Run: feed tensors by name, fetch tensors by name; a failure is TF's status and message."""
+        if self.observer is None:
+            return self._run(feeds, fetches)
+        started = time.perf_counter()
+        try:
+            return self._run(feeds, fetches)
+        finally:
+            first = next(iter(feeds.values()), None)
+            self.observer(len(first) if first is not None and first.ndim else 1, time.perf_counter() - started)
+
+    def _run(self, feeds: dict[str, np.ndarray], fetches: list[str]) -> list[np.ndarray]:
         try:
             feed_dict = {self._tf_output(name): value for name, value in feeds.items()}
             fetch_list = [self._tf_output(name) for name in fetches]
@@ -87,8 +104,9 @@ class SessionBundle:
             self.session.close()
 
 
-def load_bundle(path: str) -> SessionBundle:
-    """Load the `serve` MetaGraphDef of the SavedModel at `path` into a new session (raises on any failure)."""
+def load_bundle(path: str, observer: RunObserver | None = None) -> SessionBundle:
+    """Load the `serve` MetaGraphDef of the SavedModel at `path` into a new session (raises on any failure);
+    `observer`, if given, hears every Session::Run on it."""
     graph = tf.Graph()
     session = tf.compat.v1.Session(graph=graph)
     try:
@@ -98,4 +116,4 @@ def load_bundle(path: str) -> SessionBundle:
         session.close()
         raise
     graph.finalize()  # nothing may add ops to a graph that serves
-    return SessionBundle(path, session, dict(meta_graph.signature_def))
+    return SessionBundle(path, session, dict(meta_graph.signature_def), observer=observer)

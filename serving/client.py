@@ -4,6 +4,10 @@ Works against `petpipe serve` and the real `tensorflow_model_server` alike. A ta
 (optionally TLS / mutual TLS with TlsFiles) or http(s)://HOST:PORT for the REST API. Every call has a deadline and
 is retried with backoff while the server is UNAVAILABLE (starting, restarting, draining) — never on other errors,
 which are answers.
+
+Needs only grpc, the tensorflow-serving-api protos and numpy (importing the protos still imports the tensorflow
+package, but nothing here uses its Python API): `petpipe predict` and `petpipe status` load no server, model or
+pipeline code (tests/serving/test_client_imports.py).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import base64
 import glob
 import json
+import math
 import os
 import time
 import urllib.error
@@ -19,7 +24,7 @@ from dataclasses import asdict, dataclass
 
 import grpc
 import numpy as np
-import tensorflow as tf
+from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import (
     get_model_status_pb2,
     model_service_pb2_grpc,
@@ -29,7 +34,7 @@ from tensorflow_serving.apis import (
 
 from common.errors import PetpipeError
 from schemas import load_hierarchy
-from serving.server import MAX_MESSAGE_BYTES
+from serving.grpc_options import message_size_options
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0)  # seconds between attempts while the server is UNAVAILABLE
@@ -75,10 +80,7 @@ def is_rest(target: str) -> bool:
 
 
 def open_channel(target: str, tls: TlsFiles | None = None) -> grpc.Channel:
-    options = [
-        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ]
+    options = message_size_options()
     if tls is not None:
         return grpc.secure_channel(target, tls.credentials(), options=options)
     return grpc.insecure_channel(target, options=options)
@@ -102,7 +104,10 @@ def predict_images(
     request = predict_pb2.PredictRequest()
     request.model_spec.name = model_name
     request.model_spec.signature_name = signature_name
-    request.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto(images, dtype=tf.string, shape=[len(images)]))
+    tensor = request.inputs["image_bytes"]  # what tf.make_tensor_proto(images, tf.string) gives
+    tensor.dtype = types_pb2.DT_STRING
+    tensor.tensor_shape.dim.add(size=len(images))
+    tensor.string_val.extend(images)
     with open_channel(target, tls) as channel:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         response = call_with_retries(stub.Predict, request, timeout, f"{target}: Predict")
@@ -217,8 +222,40 @@ def answer_dict(path: str, answer: PetAnswer) -> dict:
 
 
 def parse_response(response: predict_pb2.PredictResponse, species_names: list[str] | None = None) -> list[PetAnswer]:
-    outputs = {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()}
+    outputs = {name: ndarray(proto) for name, proto in response.outputs.items()}
     return answers_from_outputs(outputs, response.model_spec.version.value, species_names)
+
+
+# dtype → (typed field, numpy dtype) of the numeric outputs a client may read.
+_NUMERIC_FIELDS = {
+    types_pb2.DT_FLOAT: ("float_val", np.float32),
+    types_pb2.DT_DOUBLE: ("double_val", np.float64),
+    types_pb2.DT_INT32: ("int_val", np.int32),
+    types_pb2.DT_INT64: ("int64_val", np.int64),
+    types_pb2.DT_BOOL: ("bool_val", np.bool_),
+}
+
+
+def ndarray(proto) -> np.ndarray:
+    """A response TensorProto as numpy, as tf.make_ndarray reads it: strings as an object array of bytes; values
+    from tensor_content or the typed field (TF Serving writes the latter), a typed field shorter than the shape
+    padded with its last value."""
+    shape = [dim.size for dim in proto.tensor_shape.dim]
+    count = math.prod(shape)
+    if proto.dtype == types_pb2.DT_STRING:
+        values = list(proto.string_val)
+        values += [values[-1] if values else ""] * (count - len(values))  # "", not b"": as TF pads
+        return np.array(values, dtype=object).reshape(shape)
+    if proto.dtype not in _NUMERIC_FIELDS:
+        name = types_pb2.DataType.Name(proto.dtype) if proto.dtype in types_pb2.DataType.values() else proto.dtype
+        raise PetpipeError(f"the server answered a tensor of {name}, which this client does not read")
+    field, dtype = _NUMERIC_FIELDS[proto.dtype]
+    if proto.tensor_content:
+        return np.frombuffer(proto.tensor_content, dtype=dtype).reshape(shape).copy()
+    values = np.array(getattr(proto, field), dtype=dtype)
+    if values.size == 0:
+        return np.zeros(shape, dtype)
+    return np.pad(values, (0, count - values.size), "edge").reshape(shape)
 
 
 def _text(value) -> str:

@@ -174,9 +174,14 @@ class ServingMetrics:
 
     The record_* methods say where TF Serving records each metric and with what; increment() and observe() update
     any metric of the registry (by default METRICS, the ones TF Serving declares).
+
+    `recording` switches the record_* methods off (False: they return at once, recording nothing) and on again, at
+    any time — TF Serving has no such switch; it is for measuring what recording costs (benchmarks/). The page
+    keeps what was recorded before.
     """
 
-    def __init__(self, metrics: tuple[MetricDef, ...] = METRICS) -> None:
+    def __init__(self, metrics: tuple[MetricDef, ...] = METRICS, recording: bool = True) -> None:
+        self.recording = recording
         self._lock = threading.Lock()
         self._metrics = tuple(sorted(metrics, key=lambda metric: metric.name))
         self._cells: dict[str, dict[tuple[str, ...], int | _Histogram]] = {m.name: {} for m in self._metrics}
@@ -216,6 +221,8 @@ class ServingMetrics:
     def record_request(self, model_name: str, api: str, entrypoint: str, status: str, latency_us: float) -> None:
         """A finished Predict/Classify/Regress call: request_count always, request_latency only when status is "OK"
         (prediction_service_impl.cc, entrypoint "GRPC"; http_server.cc, entrypoint "REST")."""
+        if not self.recording:
+            return
         _check_code(status)
         with self._lock:
             self._increment(REQUEST_COUNT, (model_name, status))
@@ -224,17 +231,23 @@ class ServingMetrics:
 
     def record_runtime(self, model_name: str, api: str, runtime: str, latency_us: float) -> None:
         """The wall time of one successful Session::Run (api "Predict"/"Classify"/"Regress", runtime "TF1")."""
+        if not self.recording:
+            return
         with self._lock:
             self._observe(RUNTIME_LATENCY, (model_name, api, runtime), latency_us)
 
     def record_examples(self, model_name: str, count: int) -> None:
         """The tensorflow.Examples of one request: one request_example_counts sample, and added to the total."""
+        if not self.recording:
+            return
         with self._lock:
             self._increment(REQUEST_EXAMPLE_COUNT_TOTAL, (model_name,), count)
             self._observe(REQUEST_EXAMPLE_COUNTS, (model_name,), count)
 
     def record_warmup(self, model_path: str, status: str, latency_us: float, records_read: int) -> None:
         """One version's warmup; status as status_string() gives it (an end-of-file read counts as "OK")."""
+        if not self.recording:
+            return
         _check_code(status.partition(":")[0])
         with self._lock:
             self._observe(MODEL_WARMUP_LATENCY, (model_path, status), latency_us)
@@ -242,28 +255,38 @@ class ServingMetrics:
 
     def record_load(self, model_path: str, succeeded: bool, latency_us: int) -> None:
         """One LoadSavedModel call: status "success" or "fail"; load_latency adds the time of either."""
+        if not self.recording:
+            return
         with self._lock:
             self._increment(LOAD_ATTEMPT_COUNT, (model_path, "success" if succeeded else "fail"))
             self._increment(LOAD_LATENCY, (model_path,), latency_us)
 
     def record_queuing(self, thread_pool_name: str, latency_us: float) -> None:
         """One task's wait in a batching queue, from enqueue to the batch being taken off it."""
+        if not self.recording:
+            return
         with self._lock:
             self._observe(QUEUING_LATENCY, (thread_pool_name,), latency_us)
 
     def record_input_batch_size(self, size: int) -> None:
         """The first dimension of one input tensor of one task entering a batching queue."""
+        if not self.recording:
+            return
         with self._lock:
             self._observe(INPUT_BATCH_SIZE, (), size)
 
     def record_processed_batch(self, size: int, padded_size: int) -> None:
         """A batch being merged: padded_size is the allowed batch size it is padded up to."""
+        if not self.recording:
+            return
         with self._lock:
             self._observe(PADDING_SIZE, (str(padded_size),), padded_size - size)
             self._observe(PROCESSED_BATCH_SIZE, (), padded_size)
 
     def record_wrapped_run(self) -> None:
         """One Session::Run of a merged batch, whatever its outcome."""
+        if not self.recording:
+            return
         with self._lock:
             self._increment(WRAPPED_RUN_COUNT, ())
 

@@ -36,8 +36,10 @@ from tensorflow_serving.apis import (
 )
 
 from serving import json_tensor
-from serving.core import ModelServer, ServingError, log, model_spec
+from serving.core import ModelServer
 from serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from serving.server_core import log, model_spec
+from serving.status import ServingError
 
 _HANDLED_PATH = re.compile(r"/v1/.*", re.IGNORECASE)  # kHTTPRestApiHandlerPathRegex
 _PREDICTION_PATH = re.compile(  # kPredictionApiGegex

@@ -16,11 +16,15 @@ import grpc
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
 from serving.batching import BatchingOptions
-from serving.core import LoadRetry, ModelServer, ServingError, ServingLimits, log, single_model_config
+from serving.bundle import RunObserver
+from serving.core import ModelServer
+from serving.grpc_options import MAX_MESSAGE_BYTES, message_size_options
+from serving.inference import ServingLimits
 from serving.metrics import ServingMetrics, read_monitoring_config
 from serving.protos import BatchingParameters, ConfigFileError, ModelServerConfig, SSLConfig, read_text_proto
-
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+from serving.server_core import log, single_model_config
+from serving.status import ServingError
+from serving.versions import LoadRetry
 
 
 def _answer(context, method, request, api: str | None = None, metrics: ServingMetrics | None = None):
@@ -208,9 +212,15 @@ def start_server(
     poll_seconds: float = 1.0,
     rest_api_port: int | None = None,
     options: ServeOptions | None = None,
+    metrics: ServingMetrics | None = None,
+    run_observer: RunObserver | None = None,
 ) -> RunningServer:
     """Load the models, then serve gRPC on host:port (port 0 picks a free one) and, with rest_api_port (0 picks a
-    free one), TF Serving's REST API beside it. Either the short arguments or a full ServeOptions."""
+    free one), TF Serving's REST API beside it. Either the short arguments or a full ServeOptions.
+
+    Measurement hooks (no flag of TF Serving's): `metrics`, the server's ServingMetrics (e.g. one built with
+    recording=False, or one whose `recording` the caller switches); `run_observer`, called with (batch size,
+    seconds) after every Session::Run (serving/bundle.py's RunObserver)."""
     if options is None:
         options = ServeOptions(
             model_name=model_name,
@@ -228,16 +238,15 @@ def start_server(
         allowed_roots=options.allowed_base_path_roots or None,
         load_retry=LoadRetry(options.max_num_load_retries, options.load_retry_interval_micros / 1e6),
         method_name_check=options.enable_signature_method_name_check,
+        metrics=metrics,
+        run_observer=run_observer,
     )
     credentials = server_credentials(options.ssl_config_file) if options.ssl_config_file else None
     model_server.poll()
     for name in model_server.model_names:
         if model_server.latest_version(name) is None:
             log.warning("model %s: no servable version under %s yet; waiting", name, model_server.base_path(name))
-    grpc_options = [
-        ("grpc.max_receive_message_length", options.max_message_bytes),
-        ("grpc.max_send_message_length", options.max_message_bytes),
-    ]
+    grpc_options = message_size_options(options.max_message_bytes)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=options.grpc_max_threads), options=grpc_options)
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(_PredictionService(model_server), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(_ModelService(model_server), server)

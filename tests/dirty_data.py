@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from components import records as rec
-from datasources.synthetic_pets import make_dataset
+from datasources.synthetic_pets import write_synthetic_pets
 from tests.image_factory import encode, png_header_only, quadrants
 
 
@@ -36,7 +36,7 @@ def _picture(path: Path) -> Image.Image:
 
 def make_dirty_dataset(out: str | os.PathLike, per_breed: int = 4, seed: int = 11) -> DirtyDataset:
     root = Path(out)
-    make_dataset(root, per_breed=per_breed, seed=seed)
+    write_synthetic_pets(root, per_breed=per_breed, seed=seed)
     images = root / "images"
     dirty = DirtyDataset(root)
 

@@ -57,12 +57,12 @@ def cascade(strategy, config, tfrecord_dir: str, schema, hierarchy, images) -> d
     import tensorflow as tf
 
     from components.cascade import train_cascade
+    from components.train_config import TrainingJob
 
     lines: list[str] = []
     config = dataclasses.replace(config, epochs=2)
-    model, history = train_cascade(
-        config, [tfrecord_dir], schema, hierarchy, IMAGE_SIZE, lines.append, strategy=strategy
-    )
+    job = TrainingJob(config, [tfrecord_dir], schema, hierarchy, IMAGE_SIZE, strategy=strategy, log=lines.append)
+    model, history = train_cascade(job)
     outputs = model(tf.cast(images, tf.float32), training=False)
     return {
         "history": {k: [float(v) for v in vs] for k, vs in history.items()},
@@ -89,9 +89,10 @@ def main() -> None:
 
     import numpy as np
 
+    from components.export_config import ExportConfig
     from components.preprocess import split_pattern
-    from components.train import make_dataset, train_model
-    from pipeline.config import TrainConfig
+    from components.train import labelled_batches, train_model
+    from components.train_config import TrainConfig, TrainingJob
     from schemas import load_hierarchy, load_schema
 
     hierarchy, schema = load_hierarchy(), load_schema()
@@ -99,10 +100,9 @@ def main() -> None:
         epochs=3, filters=(4, 8), batch_size=16, learning_rate=1e-2, augment=False, early_stopping_patience=0
     )
     lines: list[str] = []
-    model, history = train_model(
-        config, [tfrecord_dir], schema, hierarchy, IMAGE_SIZE, lines.append, run_dir, None, strategy=name
-    )
-    test = make_dataset(split_pattern(tfrecord_dir, "test"), schema, hierarchy, IMAGE_SIZE, 64, False)
+    job = TrainingJob(config, [tfrecord_dir], schema, hierarchy, IMAGE_SIZE, run_dir, strategy=name, log=lines.append)
+    model, history = train_model(job)
+    test = labelled_batches(split_pattern(tfrecord_dir, "test"), schema, hierarchy, IMAGE_SIZE, 64, False)
     images = next(iter(test))[0]
     outputs = {head: probs.numpy() for head, probs in model(tf.cast(images, tf.float32), training=False).items()}
     weights = [w.numpy() for w in model.weights]  # the first replica's copy
@@ -125,7 +125,7 @@ def main() -> None:
         # The chief alone evaluates and exports, as the pipeline does after training: nothing waits for the others.
         from components.export import DEFAULT_SIGNATURE, export_model
 
-        version, path = export_model(model, hierarchy, os.path.join(run_dir, "serving"), IMAGE_SIZE)
+        version, path = export_model(model, hierarchy, os.path.join(run_dir, "serving"), IMAGE_SIZE, ExportConfig())
         served = tf.saved_model.load(path).signatures[DEFAULT_SIGNATURE](image_bytes=tf.constant([b"x"]))
         result["exported"] = {"version": version, "breed_probs_sum": float(served["breed_probs"].numpy().sum())}
     if mode == "mirrored":

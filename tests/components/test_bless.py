@@ -2,7 +2,7 @@ import pytest
 
 from common.errors import ConfigError
 from components.bless import bless, check_metric_names
-from pipeline.config import BlessConfig
+from components.bless_config import BlessConfig
 
 
 def _value(metrics, name):

@@ -1,3 +1,4 @@
+import dataclasses
 import io
 import json
 import os
@@ -11,16 +12,17 @@ from components import cascade
 from components.cascade import build_cascade, species_examples, train_cascade
 from components.export import DEFAULT_SIGNATURE, export_model
 from components.model import build_multihead_model
-from pipeline.config import TrainConfig
+from components.train_config import TrainConfig, TrainingJob
+from tests.conftest import TEST_EXPORT, TINY_TRAIN
 
 pytestmark = pytest.mark.slow  # trains, runs Beam jobs or subprocess servers: left out of make test-fast
 
 IMAGE_SIZE = 64  # what the tiny_tfrecords fixture writes (preprocess.image_size default)
-FILTERS = (4, 8)
 
 
 def _config(**changes) -> TrainConfig:
-    return TrainConfig(epochs=1, filters=FILTERS, batch_size=16, **changes)
+    """The shared tiny training (tests/conftest.py) in batches of 16, with augmentation as by default."""
+    return dataclasses.replace(TINY_TRAIN, **{"batch_size": 16, "augment": True, **changes})
 
 
 def _train_breed_counts(tfrecord_dir: str, hierarchy) -> dict[str, int]:
@@ -32,7 +34,7 @@ def _train_breed_counts(tfrecord_dir: str, hierarchy) -> dict[str, int]:
 @pytest.fixture(scope="module")
 def trained(tiny_tfrecords, hierarchy, schema):
     """(combined model, history) of one tiny cascade training; no run_dir (its callbacks are train.fit's)."""
-    return train_cascade(_config(), [tiny_tfrecords[0]], schema, hierarchy, IMAGE_SIZE, lambda _: None)
+    return train_cascade(TrainingJob(_config(), [tiny_tfrecords[0]], schema, hierarchy, IMAGE_SIZE, log=lambda _: None))
 
 
 def _jpeg(color, size=(50, 40)) -> bytes:
@@ -43,7 +45,7 @@ def _jpeg(color, size=(50, 40)) -> bytes:
 
 def test_combined_model_has_the_multihead_outputs(trained, hierarchy):
     model, history = trained
-    multihead = build_multihead_model(hierarchy, IMAGE_SIZE, FILTERS)
+    multihead = build_multihead_model(hierarchy, IMAGE_SIZE, _config())
     images = tf.random.uniform([3, IMAGE_SIZE, IMAGE_SIZE, 3], 0, 255)
     out = model(images, training=False)
     assert sorted(out) == sorted(multihead(images, training=False))
@@ -64,7 +66,7 @@ def test_species_examples_keeps_only_that_species():
         "dog_breed": tf.where(species == 1, tf.constant(7, tf.int64), -1),
     }
     images = tf.zeros([7, 4, 4, 3], tf.uint8)
-    batches = tf.data.Dataset.from_tensor_slices((images, labels)).batch(3)  # batches like make_dataset's
+    batches = tf.data.Dataset.from_tensor_slices((images, labels)).batch(3)  # batches like labelled_batches's
     cats = list(species_examples(batches, 0))
     assert len(cats) == 3
     assert all(int(labels["species"]) == 0 for _, labels in cats)
@@ -85,7 +87,9 @@ def test_each_breed_model_is_fed_only_its_species(tiny_tfrecords, hierarchy, sch
 
     monkeypatch.setattr(cascade, "fit", recording_fit)
     tfrecord_dir, counts = tiny_tfrecords
-    _, history = train_cascade(_config(), [tfrecord_dir], schema, hierarchy, IMAGE_SIZE, lambda _: None, str(tmp_path))
+    _, history = train_cascade(
+        TrainingJob(_config(), [tfrecord_dir], schema, hierarchy, IMAGE_SIZE, str(tmp_path), log=lambda _: None)
+    )
     assert history["cat_breed/val_loss"] == [0.7] and history["species/loss"] == [0.5]
     species_labels, _ = seen["species"]
     assert len(species_labels) == counts["train"]
@@ -99,9 +103,9 @@ def test_each_breed_model_is_fed_only_its_species(tiny_tfrecords, hierarchy, sch
 
 def test_export_matches_the_multihead_signature(trained, hierarchy, tmp_path):
     model = trained[0]
-    _, cascade_path = export_model(model, hierarchy, str(tmp_path / "cascade"), IMAGE_SIZE)
-    multihead = build_multihead_model(hierarchy, IMAGE_SIZE, FILTERS)
-    _, multihead_path = export_model(multihead, hierarchy, str(tmp_path / "multihead"), IMAGE_SIZE)
+    _, cascade_path = export_model(model, hierarchy, str(tmp_path / "cascade"), IMAGE_SIZE, TEST_EXPORT)
+    multihead = build_multihead_model(hierarchy, IMAGE_SIZE, _config())
+    _, multihead_path = export_model(multihead, hierarchy, str(tmp_path / "multihead"), IMAGE_SIZE, TEST_EXPORT)
     serve = tf.saved_model.load(cascade_path).signatures[DEFAULT_SIGNATURE]
     reference = tf.saved_model.load(multihead_path).signatures[DEFAULT_SIGNATURE]
     assert sorted(serve.structured_outputs) == sorted(reference.structured_outputs)
@@ -115,8 +119,8 @@ def test_export_matches_the_multihead_signature(trained, hierarchy, tmp_path):
 
 
 def test_cascade_has_more_parameters_than_multihead(hierarchy):
-    combined, models = build_cascade(hierarchy, IMAGE_SIZE, FILTERS)
-    multihead = build_multihead_model(hierarchy, IMAGE_SIZE, FILTERS)
+    combined, models = build_cascade(hierarchy, IMAGE_SIZE, _config())
+    multihead = build_multihead_model(hierarchy, IMAGE_SIZE, _config())
     assert combined.count_params() == sum(m.count_params() for m in models.values())
     assert combined.count_params() > multihead.count_params()
 
@@ -126,7 +130,7 @@ def test_weights_round_trip_and_warm_start_failure_is_logged(trained, tiny_tfrec
     model = trained[0]
     path = str(tmp_path / "cascade.weights.h5")
     model.save_weights(path)
-    fresh, _ = build_cascade(hierarchy, IMAGE_SIZE, FILTERS, augment=True)
+    fresh, _ = build_cascade(hierarchy, IMAGE_SIZE, _config(augment=True))
     fresh.load_weights(path)
     images = tf.random.uniform([2, IMAGE_SIZE, IMAGE_SIZE, 3], 0, 255)
     expected, loaded = model(images), fresh(images)
@@ -134,7 +138,9 @@ def test_weights_round_trip_and_warm_start_failure_is_logged(trained, tiny_tfrec
         np.testing.assert_allclose(loaded[head], expected[head], rtol=1e-5)
 
     wrong = str(tmp_path / "multihead.weights.h5")
-    build_multihead_model(hierarchy, IMAGE_SIZE, FILTERS).save_weights(wrong)
+    build_multihead_model(hierarchy, IMAGE_SIZE, _config()).save_weights(wrong)
     lines = []
-    train_cascade(_config(), [tiny_tfrecords[0]], schema, hierarchy, IMAGE_SIZE, lines.append, None, wrong)
+    train_cascade(
+        TrainingJob(_config(), [tiny_tfrecords[0]], schema, hierarchy, IMAGE_SIZE, None, wrong, log=lines.append)
+    )
     assert any("not warm-starting" in line for line in lines)

@@ -7,7 +7,9 @@ import tensorflow as tf
 from PIL import Image
 
 from components.export import EXAMPLES_SIGNATURE, STAGING_PREFIX, existing_versions, export_model
+from components.export_config import ExportConfig
 from components.preprocess import make_example
+from tests.conftest import TEST_EXPORT, TINY_MODEL
 
 
 def _png(color, size=(40, 30)) -> bytes:
@@ -21,13 +23,13 @@ def test_layout_and_versions_increase(small_model, hierarchy, tmp_path):
     os.makedirs(os.path.join(base, f"{STAGING_PREFIX}leftover"))  # a killed export's staging dir
     os.makedirs(os.path.join(base, "7"))
     assert existing_versions(base) == [7]
-    version, path = export_model(small_model, hierarchy, base, image_size=32)
+    version, path = export_model(small_model, hierarchy, base, 32, TEST_EXPORT)
     assert (version, path) == (8, os.path.join(base, "8"))
     assert os.path.isfile(os.path.join(path, "saved_model.pb"))
     assert os.path.isfile(os.path.join(path, "assets.extra", "petpipe.json"))
     with open(os.path.join(path, "assets", "breeds.txt")) as f:
         assert f.read().splitlines() == hierarchy.breed_names
-    assert export_model(small_model, hierarchy, base, image_size=32)[0] == 9
+    assert export_model(small_model, hierarchy, base, 32, TEST_EXPORT)[0] == 9
     assert not [n for n in os.listdir(base) if n.startswith(STAGING_PREFIX) and n != f"{STAGING_PREFIX}leftover"]
 
 
@@ -63,7 +65,9 @@ def test_examples_signature_matches_image_signature(exported_model, hierarchy):
 
 
 def test_uncertain_species_is_flagged_and_widens_the_candidates(small_model, hierarchy, tmp_path):
-    _, path = export_model(small_model, hierarchy, str(tmp_path / "pets"), image_size=32, uncertainty_threshold=1.0)
+    _, path = export_model(
+        small_model, hierarchy, str(tmp_path / "pets"), 32, ExportConfig(species_uncertainty_threshold=1.0)
+    )
     out = tf.saved_model.load(path).signatures["serving_default"](image_bytes=tf.constant([_png((90, 120, 30))]))
     assert out["species_uncertain"].numpy().tolist() == [True]  # no species reaches probability 1.0
     probs = out["breed_probs"].numpy()[0]
@@ -77,7 +81,7 @@ def test_warmup_file_holds_real_predict_requests(small_model, hierarchy, tmp_pat
     from tensorflow_serving.apis import prediction_log_pb2
 
     images = [_png((10, 20, 30)), _png((200, 100, 0))]
-    _, path = export_model(small_model, hierarchy, str(tmp_path / "pets"), 32, warmup_images=images, model_name="pets")
+    _, path = export_model(small_model, hierarchy, str(tmp_path / "pets"), 32, TEST_EXPORT, warmup_images=images)
     records = list(tf.data.TFRecordDataset(os.path.join(path, "assets.extra", "tf_serving_warmup_requests")))
     assert len(records) == 2
     loaded = tf.saved_model.load(path).signatures["serving_default"]
@@ -146,10 +150,10 @@ def test_a_session_loader_like_tf_servings_runs_the_export_with_the_trained_weig
     tf.saved_model.load works."""
     from components.model import build_multihead_model
 
-    model = build_multihead_model(hierarchy, image_size=32, filters=(4, 8))
+    model = build_multihead_model(hierarchy, 32, TINY_MODEL)
     rng = np.random.default_rng(3)
     model.set_weights([rng.normal(0, 0.5, w.shape).astype(w.dtype) for w in model.get_weights()])  # not the init
-    _, path = export_model(model, hierarchy, str(tmp_path / "pets"), image_size=32)
+    _, path = export_model(model, hierarchy, str(tmp_path / "pets"), 32, TEST_EXPORT)
     images = np.array([_png((200, 30, 30)), _png((20, 200, 30), size=(80, 20))], dtype=object)
     graph = tf.Graph()
     with tf.compat.v1.Session(graph=graph) as session:

@@ -3,6 +3,7 @@ plain open()/os functions cannot reach (a stray one fails with "No such file" he
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -16,6 +17,7 @@ from PIL import Image
 from components import fileio
 from components.records import Provenance, Rejected, SourceRecord
 from tests.components.test_report import PNG_SIGNATURE, _synthetic_metrics
+from tests.conftest import TEST_EXPORT, TINY_TRAIN
 
 IMAGE_SIZE = 64  # what the tiny_tfrecords fixture writes
 
@@ -192,11 +194,11 @@ def test_csv_manifest_on_ram_resolves_relative_paths_under_its_url(ram):
 
 
 def test_report_is_written_to_ram(hierarchy, ram):
-    from components.report import BREED_CONFUSION, INDEX, write_report
+    from components.report import BREED_CONFUSION, INDEX, write_run_report
 
     out = f"{ram}/report"
     metrics = _synthetic_metrics(hierarchy)
-    index = write_report(out, title="remote", metrics=metrics, history=None, hierarchy=hierarchy)
+    index = write_run_report(out, title="remote", metrics=metrics, history=None, hierarchy=hierarchy)
     assert index == f"{out}/{INDEX}"
     page = _get(index).decode("utf-8")
     assert "<h1>remote</h1>" in page and not tf.io.gfile.exists(index + ".tmp")
@@ -208,15 +210,15 @@ def test_report_is_written_to_ram(hierarchy, ram):
         assert data.startswith(PNG_SIGNATURE)
         assert Image.open(io.BytesIO(data)).size[0] > 100
     partial = {k: v for k, v in metrics.items() if k != "breed_confusion"}
-    write_report(out, title="again", metrics=partial, history=None, hierarchy=hierarchy)
+    write_run_report(out, title="again", metrics=partial, history=None, hierarchy=hierarchy)
     assert not tf.io.gfile.exists(f"{out}/{BREED_CONFUSION}")  # the stale plot is removed remotely too
 
 
 def test_statistics_report_is_written_to_ram(ram):
-    from components.statistics import Anomaly, write_report
+    from components.validation import Anomaly, write_validation_json
 
     anomaly = Anomaly("missing_class", "train", "breed", "no examples of breed pug", severe=True)
-    write_report(f"{ram}/span-0/statistics.json", {"train": {"examples": 3}}, [anomaly])
+    write_validation_json(f"{ram}/span-0/statistics.json", {"train": {"examples": 3}}, [anomaly])
     report = json.loads(_get(f"{ram}/span-0/statistics.json"))
     assert report["statistics"] == {"train": {"examples": 3}} and report["anomalies"][0]["kind"] == "missing_class"
 
@@ -242,7 +244,7 @@ def test_export_to_ram_loads_back_and_serves(small_model, hierarchy, ram):
     )
 
     base = f"{ram}/serving/pets"
-    version, path = export_model(small_model, hierarchy, base, 32, metadata={"run": 1}, warmup_images=[_png(1)])
+    version, path = export_model(small_model, hierarchy, base, 32, TEST_EXPORT, {"run": 1}, [_png(1)])
     assert (version, path) == (1, f"{base}/1")
     assert tf.io.gfile.exists(f"{path}/saved_model.pb") and tf.io.gfile.exists(f"{path}/{WARMUP_FILE}")
     assert json.loads(_get(f"{path}/assets.extra/petpipe.json")) == {"run": 1}
@@ -256,7 +258,7 @@ def test_export_to_ram_loads_back_and_serves(small_model, hierarchy, ram):
     blank = serve(image_bytes=tf.constant([b"not an image"]))  # answers for a blank image
     np.testing.assert_allclose(blank["species_probs"].numpy(), expected, rtol=1e-5)
 
-    assert export_model(small_model, hierarchy, base, 32)[0] == 2
+    assert export_model(small_model, hierarchy, base, 32, TEST_EXPORT)[0] == 2
     assert existing_versions(base) == [1, 2]
     write_model_config(f"{ram}/serving", "pets", base)
     entry = read_model_config(f"{ram}/serving").model_config_list.config[0]
@@ -288,7 +290,7 @@ def test_a_taken_version_number_is_never_mixed_into(small_model, hierarchy, tmp_
         return [] if len(calls) == 1 else real(model_base_path)
 
     monkeypatch.setattr(export, "existing_versions", listing)
-    version, path = export.export_model(small_model, hierarchy, base, 32, metadata={"theirs": False})
+    version, path = export.export_model(small_model, hierarchy, base, 32, TEST_EXPORT, {"theirs": False})
     assert (version, path) == (2, os.path.join(base, "2"))
     assert json.loads(_get(theirs)) == {"theirs": True}
     assert fileio.listdir(os.path.join(base, "1")) == ["assets.extra"]
@@ -300,7 +302,7 @@ def test_a_taken_version_number_is_never_mixed_into(small_model, hierarchy, tmp_
 
 def test_training_reads_ram_records_and_writes_ram_checkpoints_and_logs(tiny_tfrecords, hierarchy, schema, ram):
     from components.train import balanced_class_weights, prepare_checkpoints, train_model
-    from pipeline.config import TrainConfig
+    from components.train_config import TrainingJob
 
     span = _copy_tree(tiny_tfrecords[0], f"{ram}/tfrecords/span-0")
     assert balanced_class_weights([span], hierarchy) == balanced_class_weights([tiny_tfrecords[0]], hierarchy)
@@ -314,9 +316,9 @@ def test_training_reads_ram_records_and_writes_ram_checkpoints_and_logs(tiny_tfr
             raise Interrupted
 
     run_dir, lines = f"{ram}/train/multihead", []
-    config = TrainConfig(epochs=3, filters=(4, 8), batch_size=16, augment=False)
+    config = dataclasses.replace(TINY_TRAIN, epochs=3, batch_size=16)
     with pytest.raises(Interrupted):
-        train_model(config, [span], schema, hierarchy, IMAGE_SIZE, log, run_dir)
+        train_model(TrainingJob(config, [span], schema, hierarchy, IMAGE_SIZE, run_dir, log=log))
     checkpoints = f"{run_dir}/checkpoints"
     assert tf.io.gfile.exists(f"{checkpoints}/latest.weights.h5")  # Keras's BackupAndRestore, through gfile
     events = [name for _, _, names in fileio.walk(f"{run_dir}/tensorboard") for name in names]
@@ -331,7 +333,7 @@ def test_training_reads_ram_records_and_writes_ram_checkpoints_and_logs(tiny_tfr
     assert "made for other data" in lines[-1] and not tf.io.gfile.exists(f"{checkpoints}/latest.weights.h5")
 
     # A complete run: history, and the checkpoint removed at the end.
-    config = TrainConfig(epochs=1, filters=(4, 8), batch_size=16, augment=False)
-    _, history = train_model(config, [span], schema, hierarchy, IMAGE_SIZE, lines.append, run_dir)
+    config = dataclasses.replace(TINY_TRAIN, batch_size=16)  # one epoch
+    _, history = train_model(TrainingJob(config, [span], schema, hierarchy, IMAGE_SIZE, run_dir, log=lines.append))
     assert len(history["loss"]) == 1 and np.isfinite(history["loss"][0])
     assert not tf.io.gfile.exists(f"{checkpoints}/latest.weights.h5")

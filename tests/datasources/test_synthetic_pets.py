@@ -3,7 +3,7 @@ import io
 
 from PIL import Image
 
-from datasources.synthetic_pets import LIST_HEADER, breed_looks, make_dataset
+from datasources.synthetic_pets import LIST_HEADER, breed_looks, write_synthetic_pets
 
 
 def _digest(directory):
@@ -16,7 +16,7 @@ def _digest(directory):
 
 
 def test_layout_is_the_oxford_raw_layout(tmp_path, hierarchy):
-    counts = make_dataset(tmp_path, per_breed=4, seed=3)
+    counts = write_synthetic_pets(tmp_path, per_breed=4, seed=3)
     assert counts == {"trainval": 37 * 3, "test": 37}
     listing = (tmp_path / "annotations" / "list.txt").read_text()
     assert listing.startswith(LIST_HEADER) and LIST_HEADER.count("\n") == 6
@@ -39,9 +39,9 @@ def test_layout_is_the_oxford_raw_layout(tmp_path, hierarchy):
 
 
 def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
-    make_dataset(tmp_path / "a", per_breed=2, seed=5)
-    make_dataset(tmp_path / "b", per_breed=2, seed=5)
-    make_dataset(tmp_path / "c", per_breed=2, seed=6)
+    write_synthetic_pets(tmp_path / "a", per_breed=2, seed=5)
+    write_synthetic_pets(tmp_path / "b", per_breed=2, seed=5)
+    write_synthetic_pets(tmp_path / "c", per_breed=2, seed=6)
     assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
     assert _digest(tmp_path / "a") != _digest(tmp_path / "c")
 

@@ -111,7 +111,7 @@ def made_pipelines(monkeypatch):
 
 
 def _span_job(dirty_root, work, hierarchy, schema, beam_args):
-    from pipeline.data_stage import run_span_job
+    from pipeline.stages.data import run_span_job
 
     config = load_config(None, [f"work_dir={work}", "data.eval_fraction=0.3", "preprocess.num_shards=2"])
     return run_span_job(config, str(dirty_root), 0, hierarchy, schema, beam_args)

@@ -1,11 +1,13 @@
 import io
 import os
+import time
 
 import pytest
 from apache_beam.runners.portability import prism_runner
 from PIL import Image
 
 from pipeline.cli import main
+from tests.conftest import TINY_TRAINING, set_flags
 
 
 def _no_prism(*args, **kwargs):
@@ -22,14 +24,7 @@ def test_run_on_tiny_data_prints_summary_and_never_touches_prism(tiny_data, tmp_
             tiny_data,
             "--work-dir",
             str(work),
-            "--set",
-            "train.epochs=1",
-            "--set",
-            "preprocess.image_size=32",
-            "--set",
-            "data.eval_fraction=0",  # no eval split: training runs without validation
-            "--set",
-            "bless.lower_bounds=",  # one epoch on 111 images: the gate is tested in test_gate.py
+            *set_flags(TINY_TRAINING, "data.eval_fraction=0"),  # no eval split: training runs without validation
             "--direct_num_workers=1",  # a Beam flag, passed through
         ]
     )
@@ -132,53 +127,71 @@ def test_predict_over_a_directory_and_a_glob_as_json_and_status(exported_model, 
     assert "no image files there" in capsys.readouterr().err
 
 
-def test_client_retries_while_the_server_is_starting(exported_model):
-    import socket
-    import threading
+class _StartOnFirstBackoff:
+    """Stands in for serving.client's `time` module: the client's first backoff sleep — its first attempt met a
+    refused connection — starts the server instead of sleeping; later sleeps are real. So the retry is certain, and
+    no timer races the client's first attempt."""
 
-    from serving.client import predict_images
-    from serving.server import start_server
+    def __init__(self, start):
+        self.start, self.backoffs, self.server = start, 0, None
+
+    def sleep(self, seconds: float) -> None:
+        self.backoffs += 1
+        if self.server is None:
+            self.server = self.start()
+        else:
+            time.sleep(seconds)
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+
+
+def _free_port() -> int:
+    import socket
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    started = {}
-    timer = threading.Timer(0.6, lambda: started.update(server=start_server(exported_model[0], "pets", port=port)))
-    timer.start()
+        return probe.getsockname()[1]
+
+
+def test_client_retries_while_the_server_is_starting(exported_model, monkeypatch):
+    from serving import client
+    from serving.server import start_server
+
+    port = _free_port()
+    starter = _StartOnFirstBackoff(lambda: start_server(exported_model[0], "pets", port=port))
+    monkeypatch.setattr(client, "time", starter)
     try:
         buffer = io.BytesIO()
         Image.new("RGB", (20, 20)).save(buffer, format="PNG")
-        answers = predict_images(f"127.0.0.1:{port}", [buffer.getvalue()], timeout=20)  # UNAVAILABLE at first
+        answers = client.predict_images(f"127.0.0.1:{port}", [buffer.getvalue()], timeout=20)  # UNAVAILABLE at first
     finally:
-        timer.join()
-        started["server"].stop()
+        starter.stop()
+    assert starter.backoffs >= 1  # it was refused, backed off and retried
     assert len(answers) == 1 and answers[0].version == exported_model[1]
 
 
-def test_predict_and_status_over_rest_with_retries_while_starting(exported_model, tmp_path, capsys):
+def test_predict_and_status_over_rest_with_retries_while_starting(exported_model, tmp_path, capsys, monkeypatch):
     import json
-    import socket
-    import threading
 
+    from serving import client
     from serving.server import start_server
 
     Image.new("RGB", (30, 20), (10, 200, 30)).save(tmp_path / "pet.png")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        rest_port = probe.getsockname()[1]
-    started = {}
-
-    def start():
-        started["server"] = start_server(exported_model[0], "pets", port=0, rest_api_port=rest_port)
-
-    timer = threading.Timer(0.6, start)  # the first REST attempts meet a refused connection
-    timer.start()
+    rest_port = _free_port()
+    # The first REST attempt meets a refused connection; the server starts during the client's first backoff.
+    starter = _StartOnFirstBackoff(lambda: start_server(exported_model[0], "pets", port=0, rest_api_port=rest_port))
+    monkeypatch.setattr(client, "time", starter)
     target = f"http://127.0.0.1:{rest_port}"
     try:
         assert main(["predict", "--server", target, "--json", "--timeout", "20", str(tmp_path / "pet.png")]) == 0
         over_rest = json.loads(capsys.readouterr().out)
-        timer.join()
-        grpc_target = f"127.0.0.1:{started['server'].port}"
+        assert starter.backoffs >= 1  # it was refused, backed off and retried
+        grpc_target = f"127.0.0.1:{starter.server.port}"
         assert main(["predict", "--server", grpc_target, "--json", str(tmp_path / "pet.png")]) == 0
         over_grpc = json.loads(capsys.readouterr().out)
         assert main(["status", "--server", target]) == 0
@@ -186,8 +199,7 @@ def test_predict_and_status_over_rest_with_retries_while_starting(exported_model
         assert main(["predict", "--server", target, "--model-name", "cats", str(tmp_path / "pet.png")]) == 2
         error = capsys.readouterr().err
     finally:
-        timer.join()
-        started["server"].stop()
+        starter.stop()
     assert over_rest["version"] is None and over_grpc["version"] == exported_model[1]
     assert over_rest["breed"] == over_grpc["breed"]
     # REST carries float32 as TF Serving's JSON writes it (9 significant digits), gRPC the float32 itself.

@@ -11,11 +11,9 @@ from components.preprocess import decode_and_resize, quarantine_path, split_patt
 from components.train import parse_spec
 from pipeline.cli import main
 from schemas import breed_feature
+from tests.conftest import TINY_TRAINING, set_flags
 from tests.dirty_data import make_dirty_dataset
 from tests.image_factory import BLUE, GREEN, RED, WHITE
-
-# One epoch on a tiny data set: the blessing gate is tested in test_gate.py.
-TINY_TRAINING = ["--set", "train.epochs=1", "--set", "preprocess.image_size=32", "--set", "bless.lower_bounds="]
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +22,7 @@ def dirty_run(tmp_path_factory):
     dirty = make_dirty_dataset(root / "data")
     work = root / "work"
     argv = ["run", "--data-dir", str(dirty.root), "--work-dir", str(work), "--max-bad-fraction", "0.2"]
-    code = main(argv + TINY_TRAINING + ["--set", "preprocess.image_size=48"])
+    code = main(argv + set_flags(TINY_TRAINING, "preprocess.image_size=48"))
     return dirty, work / "tfrecords" / "span-0", code
 
 
@@ -109,7 +107,7 @@ def test_statistics_and_validation_report_exist(dirty_run, hierarchy):
 def test_default_threshold_fails_after_writing_the_quarantine(tmp_path, capsys):
     dirty = make_dirty_dataset(tmp_path / "data")
     work = tmp_path / "work"
-    code = main(["run", "--data-dir", str(dirty.root), "--work-dir", str(work)] + TINY_TRAINING)
+    code = main(["run", "--data-dir", str(dirty.root), "--work-dir", str(work), *set_flags(TINY_TRAINING)])
     err = capsys.readouterr().err
     assert code == 3
     assert "quarantined, above data.max_bad_fraction 5.0%" in err and "Traceback" not in err

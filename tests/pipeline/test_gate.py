@@ -5,23 +5,24 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from common.errors import EXIT_NOT_BLESSED
 from components.export import existing_versions
-from datasources.synthetic_pets import make_dataset
+from datasources.synthetic_pets import write_synthetic_pets
 from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.run import run_pipeline
+from tests.conftest import TINY_TRAINING, set_flags
 
 pytestmark = pytest.mark.slow  # trains, runs Beam jobs or subprocess servers: left out of make test-fast
 
+# The shared tiny training (tests/conftest.py), with a wider backbone that learns enough for the gate to judge,
+# and the gate's bars back; every use below adds its own train.epochs.
 QUICK = [
-    "preprocess.image_size=32",
+    *TINY_TRAINING,
     "train.filters=16,32,64",
-    "train.augment=false",  # learns faster on tiny data
     "bless.max_regression=0.05",
     "bless.lower_bounds=species_accuracy>=0.3,breed_top1_accuracy>=0.05",  # tiny data: modest bars
 ]
@@ -30,14 +31,13 @@ QUICK = [
 @pytest.fixture(scope="module")
 def gate_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("gate")
-    make_dataset(root / "data", per_breed=20, seed=5)
+    write_synthetic_pets(root / "data", per_breed=20, seed=5)
     base = [f"work_dir={root / 'work'}", f"data.data_dir={root / 'data'}", *QUICK]
     first = run_pipeline(load_config(None, [*base, "train.epochs=12"]), [])
     # One step at a negligible learning rate, no warm start: barely better than chance.
     worse_code = main(
         ["run", "--work-dir", str(root / "work"), "--data-dir", str(root / "data")]
-        + [arg for item in QUICK for arg in ("--set", item)]
-        + ["--set", "train.epochs=1", "--set", "train.learning_rate=1e-7", "--set", "train.warm_start=false"]
+        + set_flags(QUICK, "train.epochs=1", "train.learning_rate=1e-7", "train.warm_start=false")
     )
     # Same data and settings as the first: without force this would be "nothing to do". Warm-starts from the first.
     better = run_pipeline(load_config(None, [*base, "train.epochs=12"]), [], force=True)
@@ -89,11 +89,20 @@ def test_broken_served_model_fails_closed(gate_runs, tmp_path):
 
 
 RESUME_SCRIPT = """
-import logging, sys
+import logging, os, signal, sys
 logging.basicConfig(level=logging.INFO)
+
+
+class KillAt(logging.Handler):  # a crash at a known point: SIGKILL as the log line containing KILL_AT is written
+    def emit(self, record):
+        if os.environ.get("KILL_AT") and os.environ["KILL_AT"] in record.getMessage():
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+logging.getLogger().addHandler(KillAt())
 from pipeline.config import load_config
-from pipeline.run import train_stage
-from pipeline.data_stage import span_window
+from pipeline.stages.train import train as train_stage
+from pipeline.spans import span_window
 from schemas import load_hierarchy, schema_for
 config = load_config(None, sys.argv[1:])
 h = load_hierarchy()
@@ -113,16 +122,18 @@ def test_killed_training_resumes_from_the_last_checkpoint(gate_runs):
         "train.warm_start=false",
     ]
     metadata = root / "work" / "train" / "multihead" / "checkpoints" / "training_metadata.json"
-    child = subprocess.Popen([sys.executable, "-c", RESUME_SCRIPT, *overrides], stdout=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and child.poll() is None:
-        if metadata.exists() and json.loads(metadata.read_text() or "{}").get("epoch", 0) >= 2:
-            break  # two epochs are done and saved: now kill it in the middle of the third
-        time.sleep(0.05)
-    assert child.poll() is None, "training finished before it could be killed"
-    child.send_signal(signal.SIGKILL)
-    child.wait()
+    # Killed at the end of epoch 3: its progress line is logged before its checkpoint is written, so the checkpoint
+    # holds epochs 1 and 2 and epoch 3's work is lost, as in a crash in the middle of it.
+    killed = subprocess.run(
+        [sys.executable, "-c", RESUME_SCRIPT, *overrides],
+        env={**os.environ, "KILL_AT": "epoch 3/6"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert killed.returncode == -signal.SIGKILL, f"training was not killed: {killed.stderr[-3000:]}"
     saved = json.loads(metadata.read_text())["epoch"]  # Keras records the number of completed epochs
+    assert saved == 2
     resumed = subprocess.run(
         [sys.executable, "-c", RESUME_SCRIPT, *overrides], capture_output=True, text=True, timeout=300, check=True
     )

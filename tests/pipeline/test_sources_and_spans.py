@@ -11,11 +11,13 @@ import tensorflow as tf
 from common.errors import ValidationError
 from components import records as rec
 from components.preprocess import quarantine_path, split_pattern
-from datasources.synthetic_pets import make_dataset
+from datasources.synthetic_pets import write_synthetic_pets
 from pipeline.config import load_config
-from pipeline.data_stage import ingest_spans, load_spans, run_span_job, span_window
 from pipeline.run import run_pipeline
+from pipeline.spans import load_spans, span_window
+from pipeline.stages.data import ingest_spans, run_span_job
 from schemas import Hierarchy, schema_for
+from tests.conftest import TINY_TRAINING
 
 pytestmark = pytest.mark.slow  # trains, runs Beam jobs or subprocess servers: left out of make test-fast
 
@@ -96,7 +98,7 @@ def test_tfds_mock_data_maps_labels_by_name_and_quarantines_inconsistent_ones(hi
 def _span_input(base, hierarchy, drop_breed=None):
     """base/span-1 and base/span-2 (another seed); span 2 optionally without one breed."""
     for span, seed in ((1, 1), (2, 2)):
-        make_dataset(base / f"span-{span}", per_breed=4, seed=seed)
+        write_synthetic_pets(base / f"span-{span}", per_breed=4, seed=seed)
     if drop_breed:
         annotations = base / "span-2" / "annotations"
         for name in ("trainval.txt", "test.txt", "list.txt"):
@@ -154,16 +156,15 @@ def test_whole_pipeline_with_three_species_groups(tmp_path):
         json.dumps({"species": ["cat", "dog", "bird"], "breeds": [{"name": n, "species": s} for n, s in breeds]})
     )
     hierarchy = Hierarchy.from_dict(json.loads(hierarchy_file.read_text()))
-    make_dataset(tmp_path / "data", per_breed=6, seed=3, hierarchy=hierarchy)
+    write_synthetic_pets(tmp_path / "data", per_breed=6, seed=3, hierarchy=hierarchy)
     config = load_config(
         None,
         [
             f"work_dir={tmp_path / 'work'}",
             f"data.data_dir={tmp_path / 'data'}",
             f"data.hierarchy={hierarchy_file}",
-            "train.epochs=2",
-            "preprocess.image_size=32",
-            "bless.lower_bounds=",  # two epochs on 42 images: the gate is tested in test_gate.py
+            *TINY_TRAINING,
+            "train.epochs=2",  # two epochs on 42 images, not one
         ],
     )
     summary = run_pipeline(config, [])

@@ -14,9 +14,36 @@ import time
 from dataclasses import dataclass
 
 import grpc
+import pytest
 from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def shared_and_own_fixtures(setup):
+    """Two fixtures of one server set-up, `setup(exported_model, directory)` (a generator yielding what the tests
+    use): module-scoped for the tests that only send requests, and function-scoped for a test that changes the
+    server (adds or breaks versions, reloads its config) — so no test depends on another's changes or on order.
+    Assign them to the fixture names: `server, own_server = shared_and_own_fixtures(_serving)`."""
+
+    @pytest.fixture(scope="module")
+    def shared(exported_model, tmp_path_factory):
+        yield from setup(exported_model, tmp_path_factory.mktemp("shared-server"))
+
+    @pytest.fixture
+    def own(exported_model, tmp_path):
+        yield from setup(exported_model, tmp_path)
+
+    return shared, own
+
+
+def wait_until(condition, what: str, timeout: float = 60.0) -> None:
+    """Poll `condition()` until it holds; the timeout only turns a hang into a failure naming `what`."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.05)
 
 
 def free_port() -> int:

@@ -1,14 +1,13 @@
 """The batch scheduler (pure: numpy in, numpy out) and the configuration files in TF Serving's text formats."""
 
+import queue
 import threading
-import time
 
 import grpc
 import numpy as np
 import pytest
 
 from serving.batching import BatchingOptions, BatchScheduler
-from serving.core import aspired_versions
 from serving.protos import (
     BatchingParameters,
     ConfigFileError,
@@ -17,20 +16,19 @@ from serving.protos import (
     validate_model_server_config,
 )
 from serving.status import ServingError
+from serving.versions import aspired_versions
 
 
 class CountingModel:
     """y = 2x + 1, recording the batch sizes it was called with."""
 
-    def __init__(self, delay: float = 0.0):
+    def __init__(self):
         self.calls: list[int] = []
-        self.delay = delay
         self.lock = threading.Lock()
 
     def __call__(self, feeds):
         with self.lock:
             self.calls.append(len(feeds["x"]))
-        time.sleep(self.delay)
         return {"y": feeds["x"] * 2 + 1}
 
 
@@ -88,21 +86,39 @@ def test_oversized_request_is_refused_or_split():
 
 
 def test_a_full_queue_answers_unavailable():
-    model = CountingModel(delay=0.5)
+    running, release = threading.Event(), threading.Event()
+
+    def held(feeds):  # the only batch thread stays in here until the test releases it
+        running.set()
+        release.wait(30)
+        return {"y": feeds["x"] * 2 + 1}
+
     options = BatchingOptions(max_batch_size=1, max_enqueued_batches=1, num_batch_threads=1)
-    scheduler = BatchScheduler(model, options)
+    scheduler = BatchScheduler(held, options)
     busy = threading.Thread(target=scheduler.submit, args=({"x": np.zeros(1, np.float32)},))
-    busy.start()  # occupies the only thread for 0.5 s
-    time.sleep(0.1)
-    queued = threading.Thread(target=scheduler.submit, args=({"x": np.zeros(1, np.float32)},))
-    queued.start()  # fills the one queue slot
-    time.sleep(0.1)
-    with pytest.raises(ServingError) as error:
-        scheduler.submit({"x": np.zeros(1, np.float32)})
-    assert error.value.code == grpc.StatusCode.UNAVAILABLE
-    assert "queue to which this task was submitted is full" in error.value.message
-    busy.join()
-    queued.join()
+    busy.start()
+    assert running.wait(30)  # its batch left the queue and occupies the only thread
+    outcomes = queue.Queue()
+
+    def submit():
+        try:
+            outcomes.put(scheduler.submit({"x": np.ones(1, np.float32)}))
+        except ServingError as exc:
+            outcomes.put(exc)
+
+    # Two more requests: whichever comes first fills the one queue slot and waits; the other is refused at once.
+    contenders = [threading.Thread(target=submit) for _ in range(2)]
+    for thread in contenders:
+        thread.start()
+    refused = outcomes.get(timeout=30)
+    release.set()
+    answered = outcomes.get(timeout=30)
+    assert isinstance(refused, ServingError), refused
+    assert refused.code == grpc.StatusCode.UNAVAILABLE
+    assert "queue to which this task was submitted is full" in refused.message
+    np.testing.assert_array_equal(answered["y"], [3.0])  # the queued one is answered once the thread is free
+    for thread in [busy, *contenders]:
+        thread.join(30)
     scheduler.stop()
 
 

@@ -20,7 +20,9 @@ from tensorflow_serving.apis import (
 
 from serving.client import parse_response, predict_images
 from serving.server import start_server
+from tests.conftest import TEST_EXPORT
 from tests.image_factory import DAMAGED_JPEG
+from tests.serving.server_process import shared_and_own_fixtures
 
 
 def _jpeg(color) -> bytes:
@@ -29,15 +31,20 @@ def _jpeg(color) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.fixture(scope="module")
-def server(exported_model, tmp_path_factory):
-    base = str(tmp_path_factory.mktemp("served") / "pets")
+def _serving(exported_model, directory):
+    """(running server, channel, base path) serving a copy of the exported model as version 1."""
+    base = str(directory / "pets")
     shutil.copytree(exported_model[2], os.path.join(base, "1"))
     running = start_server(base, "pets", port=0, poll_seconds=0.2)
     channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
     yield running, channel, base
     channel.close()
     running.stop()
+
+
+# `server` for the tests that only send requests (none may change its model directory or versions); `own_server`
+# for a test that adds or breaks versions.
+server, own_server = shared_and_own_fixtures(_serving)
 
 
 def _request(images, name="pets", signature="", version=None):
@@ -146,8 +153,8 @@ def test_metadata_lists_both_signatures(server):
     assert {"species_probs", "breed_probs", "breed", "top_k_breeds", "top_k_scores"} <= set(default.outputs)
 
 
-def test_status_and_new_versions_are_picked_up(server, exported_model):
-    running, channel, base = server
+def test_status_and_new_versions_are_picked_up(own_server, exported_model):
+    running, channel, base = own_server
     status_stub = model_service_pb2_grpc.ModelServiceStub(channel)
     request = get_model_status_pb2.GetModelStatusRequest()
     request.model_spec.name = "pets"
@@ -171,8 +178,8 @@ def test_status_and_new_versions_are_picked_up(server, exported_model):
     assert code == grpc.StatusCode.NOT_FOUND and "Could not find version 5 of model pets" in details
 
 
-def test_broken_version_is_reported_and_the_old_one_keeps_serving(server):
-    running, channel, base = server
+def test_broken_version_is_reported_and_the_old_one_keeps_serving(own_server):
+    running, channel, base = own_server
     before = running.model_server.latest_version("pets")
     broken = os.path.join(base, "50")
     os.makedirs(broken)
@@ -197,9 +204,12 @@ def test_warmup_requests_are_replayed_before_serving(small_model, hierarchy, tmp
     import logging
 
     from components.export import export_model
-    from serving.core import ServingError, load_version, warm_up
+    from serving.status import ServingError
+    from serving.warmup import load_version, warm_up
 
-    _, path = export_model(small_model, hierarchy, str(tmp_path / "pets"), 32, warmup_images=[_jpeg((1, 2, 3))] * 2)
+    _, path = export_model(
+        small_model, hierarchy, str(tmp_path / "pets"), 32, TEST_EXPORT, warmup_images=[_jpeg((1, 2, 3))] * 2
+    )
     with caplog.at_level(logging.INFO, logger="petpipe.serve"):
         loaded = load_version(path, 1)
     assert "replayed 2 warmup requests" in caplog.text
@@ -217,11 +227,14 @@ def test_warmup_requests_are_replayed_before_serving(small_model, hierarchy, tmp
 
 
 def test_a_half_written_version_is_retried_and_served_once_complete(exported_model, tmp_path):
-    from serving.core import LoadRetry, ModelServer
+    from serving.core import ModelServer
+    from serving.versions import LoadRetry
 
     base = tmp_path / "pets"
     shutil.copytree(exported_model[2], base / "1")
-    server = ModelServer.single("pets", str(base), load_retry=LoadRetry(max_num_load_retries=5, interval_seconds=0.2))
+    now = [1000.0]  # the retry policy's clock, advanced by the test
+    retry = LoadRetry(max_num_load_retries=5, interval_seconds=60.0, clock=lambda: now[0])
+    server = ModelServer.single("pets", str(base), load_retry=retry)
     server.poll()
     half = base / "2"
     half.mkdir()  # copied by hand, not atomically: the directory exists before its saved_model.pb
@@ -235,7 +248,10 @@ def test_a_half_written_version_is_retried_and_served_once_complete(exported_mod
     shutil.copytree(exported_model[2], half)
     server.poll()  # too soon: the retry interval has not passed
     assert server.latest_version("pets") == 1
-    time.sleep(0.3)
+    now[0] += 59.0
+    server.poll()  # still too soon
+    assert server.latest_version("pets") == 1
+    now[0] += 1.0
     server.poll()
     assert server.latest_version("pets") == 2
     states = {s.version: s.state for s in server.get_model_status(request).model_version_status}
@@ -257,8 +273,9 @@ def test_a_half_written_version_is_retried_and_served_once_complete(exported_mod
     ],
 )
 def test_reload_cannot_point_a_model_outside_the_allowed_roots(exported_model, tmp_path, base_path, message):
-    from serving.core import ModelServer, ServingError
+    from serving.core import ModelServer
     from serving.protos import ModelServerConfig
+    from serving.status import ServingError
 
     shutil.copytree(exported_model[2], tmp_path / "pets" / "1")
     server = ModelServer.single("pets", str(tmp_path / "pets"))
@@ -298,7 +315,7 @@ def test_declared_shapes_are_checked_before_any_memory_is_spent(server):
     ],
 )
 def test_response_tensors_read_back_as_tf_make_tensor_proto_s(array):
-    from serving.core import tensor_proto
+    from serving.tensors import tensor_proto
 
     ours, tfs = tf.make_ndarray(tensor_proto(array)), tf.make_ndarray(tf.make_tensor_proto(array))
     assert ours.dtype == tfs.dtype and ours.shape == tfs.shape

@@ -1,19 +1,16 @@
 """`petpipe serve` as a subprocess, through the official tensorflow_serving.apis stubs and plain HTTP only:
 several models from a --model_config_file, version policies and labels, Classify / Regress / MultiInference,
-HandleReloadConfigRequest, batching, request limits, TLS and mutual TLS, and a SIGTERM that drains."""
+HandleReloadConfigRequest, batching and request limits. Its start-up, TLS and shutdown:
+test_process_startup_tls_shutdown.py."""
 
 from __future__ import annotations
 
 import base64
-import datetime
 import http.client
 import json
 import os
 import shutil
-import signal
-import socket
 import threading
-import time
 
 import grpc
 import numpy as np
@@ -22,7 +19,6 @@ import tensorflow as tf
 from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
-    get_model_status_pb2,
     inference_pb2,
     model_management_pb2,
     model_service_pb2_grpc,
@@ -33,20 +29,14 @@ from tensorflow_serving.apis import (
 from tensorflow_serving.config import model_server_config_pb2
 
 from tests.image_factory import jpeg_bytes
-from tests.serving.server_process import serving_process
+from tests.serving.grpc_calls import AVAILABLE, END, _code, _states
+from tests.serving.server_process import serving_process, shared_and_own_fixtures
 from tests.serving.toy_model import example, export_toy_model
 
 pytestmark = pytest.mark.slow  # trains, runs Beam jobs or subprocess servers: left out of make test-fast
 
 CLASSIFY = "tensorflow/serving/classify"
 REGRESS = "tensorflow/serving/regress"
-AVAILABLE, END = get_model_status_pb2.ModelVersionStatus.AVAILABLE, get_model_status_pb2.ModelVersionStatus.END
-
-
-def _code(call):
-    with pytest.raises(grpc.RpcError) as error:
-        call()
-    return error.value.code(), error.value.details()
 
 
 def _http(server, method: str, path: str, body=None):
@@ -72,11 +62,9 @@ def _models_config(root, pets_base, toy_base, toy_policy="all {}", labels=None) 
     return path
 
 
-@pytest.fixture(scope="module")
-def served(exported_model, tmp_path_factory):
+def _serving(exported_model, root):
     """pets (latest 1) and toy (all versions: 1 with scale 0.5, 2 with scale 1.0; labels stable→1, canary→2),
-    batching on, a request limit of 64 rows."""
-    root = tmp_path_factory.mktemp("models")
+    batching on, a request limit of 64 rows: (server, channel, root)."""
     pets_base, toy_base = str(root / "pets"), str(root / "toy")
     shutil.copytree(exported_model[2], os.path.join(pets_base, "1"))
     export_toy_model(toy_base, 1, scale=0.5)
@@ -94,6 +82,19 @@ def served(exported_model, tmp_path_factory):
         channel.close()
 
 
+# `served` for the tests that only send requests (none may reload its config or change its model directories);
+# `own_served`, the same set-up in a process of the test's own, for a test that reloads the config.
+served, own_served = shared_and_own_fixtures(_serving)
+
+
+def _classification_request(signature: str, xs) -> classification_pb2.ClassificationRequest:
+    request = classification_pb2.ClassificationRequest()
+    request.model_spec.name = "toy"
+    request.model_spec.signature_name = signature
+    request.input.example_list.examples.extend(example(x) for x in xs)
+    return request
+
+
 def _regress(channel, xs, version=None, label=None, signature="regress_x", name="toy"):
     request = regression_pb2.RegressionRequest()
     request.model_spec.name = name
@@ -109,11 +110,7 @@ def _regress(channel, xs, version=None, label=None, signature="regress_x", name=
 def test_classify_regress_and_multi_inference(served):
     _, channel, _ = served
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-    request = classification_pb2.ClassificationRequest()
-    request.model_spec.name = "toy"
-    request.model_spec.signature_name = "classify_x"
-    request.input.example_list.examples.extend([example(2.0), example(-1.0)])
-    response = stub.Classify(request, timeout=30)
+    response = stub.Classify(_classification_request("classify_x", [2.0, -1.0]), timeout=30)
     assert response.model_spec.version.value == 2 and response.model_spec.signature_name == "classify_x"
     first, second = response.result.classifications
     assert [c.label for c in first.classes] == ["negative", "positive"]
@@ -144,10 +141,7 @@ def test_classify_regress_and_multi_inference(served):
 def test_classify_and_regress_errors_as_tf_serving(served):
     _, channel, _ = served
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-    wrong_method = classification_pb2.ClassificationRequest()
-    wrong_method.model_spec.name = "toy"
-    wrong_method.model_spec.signature_name = "regress_x"
-    wrong_method.input.example_list.examples.append(example(1.0))
+    wrong_method = _classification_request("regress_x", [1.0])
     code, details = _code(lambda: stub.Classify(wrong_method, timeout=10))
     # TF Serving checks method names only with --enable_signature_method_name_check: the signature's outputs fail.
     assert code == grpc.StatusCode.INVALID_ARGUMENT
@@ -256,15 +250,8 @@ def _reload(channel, config_text: str):
     return model_service_pb2_grpc.ModelServiceStub(channel).HandleReloadConfigRequest(request, timeout=60)
 
 
-def _states(channel, name):
-    request = get_model_status_pb2.GetModelStatusRequest()
-    request.model_spec.name = name
-    response = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request, timeout=10)
-    return {s.version: s.state for s in response.model_version_status}
-
-
-def test_reload_config_changes_policies_labels_and_models(served, tmp_path):
-    server, channel, root = served
+def test_reload_config_changes_policies_labels_and_models(own_served, tmp_path):
+    server, channel, root = own_served
     pets_base, toy_base = str(root / "pets"), str(root / "toy")
     with open(_models_config(str(tmp_path), pets_base, toy_base, "specific { versions: 1 }", {"stable": 1})) as f:
         only_v1 = f.read()
@@ -288,140 +275,6 @@ def test_reload_config_changes_policies_labels_and_models(served, tmp_path):
     with open(_models_config(str(tmp_path), pets_base, toy_base)) as f:
         _reload(channel, f.read())  # back to the module's config
     assert _regress(channel, [2.0], label="canary").result.regressions[0].value == 4.0
-
-
-def test_bad_config_file_exits_2_naming_file_and_line(tmp_path):
-    config = tmp_path / "models.config"
-    config.write_text('model_config_list {\n  config { name: "pets" base_pth: "/x" }\n}\n')
-    with serving_process(["--model_config_file", str(config)], str(tmp_path), wait_for=None, rest=False) as server:
-        assert server.process.wait(60) == 2
-        assert f"{config}:2:" in server.log() and 'no field named "base_pth"' in server.log()
-
-
-# --- TLS ----------------------------------------------------------------------------------------------------
-def _certificates():
-    """A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM bytes (made with `cryptography`,
-    which apache-beam already brings)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = datetime.datetime.now(datetime.UTC)
-
-    def make(name, issuer_name=None, issuer_key=None, ca=False, san=None):
-        key = ec.generate_private_key(ec.SECP256R1())
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(issuer_name or subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        )
-        if san:
-            builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
-        cert = builder.sign(issuer_key or key, hashes.SHA256())
-        key_pem = key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-        return cert, key, cert.public_bytes(serialization.Encoding.PEM), key_pem
-
-    import ipaddress
-
-    ca_cert, ca_key, ca_pem, _ = make("petpipe test CA", ca=True)
-    san = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-    _, _, server_pem, server_key = make("127.0.0.1", ca_cert.subject, ca_key, san=san)
-    _, _, client_pem, client_key = make("client", ca_cert.subject, ca_key)
-    return ca_pem, server_pem, server_key, client_pem, client_key
-
-
-def test_mutual_tls(exported_model, tmp_path):
-    ca, server_cert, server_key, client_cert, client_key = _certificates()
-    ssl_config = tmp_path / "ssl.config"
-    ssl_config.write_text(
-        f"server_key: {json.dumps(server_key.decode())}\nserver_cert: {json.dumps(server_cert.decode())}\n"
-        f"custom_ca: {json.dumps(ca.decode())}\nclient_verify: true\n"
-    )
-    base = tmp_path / "pets"
-    shutil.copytree(exported_model[2], base / "1")
-    args = ["--model_base_path", str(base), "--ssl_config_file", str(ssl_config)]
-    with serving_process(args, str(tmp_path), wait_for=None, rest=False) as server:
-        request = get_model_status_pb2.GetModelStatusRequest()
-        request.model_spec.name = "pets"
-        trusted = grpc.ssl_channel_credentials(ca, client_key, client_cert)
-        deadline = time.monotonic() + 60
-        while True:  # the process needs a few seconds to start
-            with grpc.secure_channel(server.target, trusted) as channel:
-                try:
-                    states = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request, timeout=5)
-                    break
-                except grpc.RpcError:
-                    if time.monotonic() > deadline or server.process.poll() is not None:
-                        raise
-                    time.sleep(0.3)
-        assert states.model_version_status[0].state == AVAILABLE
-
-        with socket.create_connection(("127.0.0.1", server.port)) as raw:  # a broken handshake
-            raw.sendall(b"\x16\x03\x01\x02\x00garbage that is not a ClientHello" * 10)
-        for credentials in (grpc.ssl_channel_credentials(ca), None):  # no client certificate; no TLS at all
-            channel = grpc.secure_channel(server.target, credentials) if credentials else server.channel()
-            with channel:
-                stub = model_service_pb2_grpc.ModelServiceStub(channel)
-                code, _ = _code(lambda stub=stub: stub.GetModelStatus(request, timeout=5))
-                assert code == grpc.StatusCode.UNAVAILABLE
-        with grpc.secure_channel(server.target, trusted) as channel:  # still serving
-            assert model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request, timeout=10)
-
-        files = {"ca": ca, "cert": client_cert, "key": client_key}
-        for name, pem in files.items():
-            (tmp_path / f"{name}.pem").write_bytes(pem)
-        from pipeline.cli import main
-
-        tls = ["--ca-cert", str(tmp_path / "ca.pem"), "--client-cert", str(tmp_path / "cert.pem")]
-        tls += ["--client-key", str(tmp_path / "key.pem")]
-        assert main(["status", "--server", server.target, *tls]) == 0  # petpipe's own client over mutual TLS
-        assert main(["status", "--server", server.target, "--timeout", "2", *tls[:2]]) == 2  # no client cert
-
-
-# --- graceful shutdown --------------------------------------------------------------------------------------
-def test_sigterm_drains_in_flight_requests_then_exits_0(tmp_path):
-    base = tmp_path / "toy"
-    export_toy_model(str(base), 1)
-    batching = tmp_path / "batching.txt"
-    # A 3 s batch timeout keeps a request in flight long enough to send SIGTERM while it waits.
-    batching.write_text("max_batch_size { value: 64 }\nbatch_timeout_micros { value: 3000000 }\n")
-    args = ["--model_base_path", str(base), "--model_name", "toy", "--enable_batching"]
-    args += ["--batching_parameters_file", str(batching)]
-    with serving_process(args, str(tmp_path), wait_for="toy", rest=False) as server:
-        channel = server.channel()
-        outcome = {}
-
-        def slow_request():
-            outcome["value"] = _regress(channel, [4.0]).result.regressions[0].value
-
-        thread = threading.Thread(target=slow_request)
-        started = time.monotonic()
-        thread.start()
-        time.sleep(1.0)
-        server.process.send_signal(signal.SIGTERM)
-        time.sleep(0.5)
-        late = prediction_service_pb2_grpc.PredictionServiceStub(server.channel())
-        refused = regression_pb2.RegressionRequest()
-        refused.model_spec.name = "toy"
-        refused.model_spec.signature_name = "regress_x"
-        refused.input.example_list.examples.append(example(1.0))
-        code, _ = _code(lambda: late.Regress(refused, timeout=5))
-        thread.join(30)
-        assert outcome == {"value": 4.0}  # 0.5·4 + 2, answered after the signal
-        assert time.monotonic() - started >= 3.0
-        assert code == grpc.StatusCode.UNAVAILABLE  # new requests are refused while draining
-        assert server.process.wait(30) == 0
-        assert "draining in-flight requests" in server.log()
-        channel.close()
 
 
 def test_rest_predict_row_and_columnar_status_and_metadata(served):

@@ -15,9 +15,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
-import time
-from dataclasses import asdict, dataclass, field
+import shutil
+from dataclasses import asdict
 
 import tensorflow as tf
 
@@ -25,94 +24,55 @@ from common.errors import ConfigError, DataError, DataThresholdError, Validation
 from components import fileio
 from components.ingest import SPLITS
 from pipeline.config import DataConfig, PipelineConfig, to_dict
+from pipeline.spans import (
+    SpanResult,
+    available_spans,
+    forget_span,
+    load_spans,
+    read_json,
+    record_span,
+    select_spans,
+)
 from pipeline.store import Tracker
 from schemas import Hierarchy, write_schema
 
 log = logging.getLogger("petpipe")
-SPAN_DIR = re.compile(r"^span-(\d+)$")
-SPANS_FILE = "spans.json"
+GENERATED_MARKER = ".petpipe-generated.json"
 BASELINE_STATISTICS = "baseline_statistics.json"
 
 
-@dataclass
-class SpanResult:
-    span: int
-    tfrecord_dir: str
-    records: dict[str, int]  # distinct records per split
-    written: dict[str, int]
-    quarantined: dict[str, int]
-    reasons: dict[str, int]
-    unannotated_images: int = 0
-    ignored_files: int = 0
-    duplicate_lines: int = 0
-    anomalies: list[str] = field(default_factory=list)
+# --- make-data ---------------------------------------------------------------------------------------------------
+def ensure_data(config: DataConfig, work_dir: str, hierarchy: Hierarchy) -> str | None:
+    """The data to ingest: the configured directory (None for TFDS), or the embedded data set, generated once."""
+    if config.data_dir or config.source != "oxford":
+        return config.data_dir
+    from datasources.synthetic_pets import write_synthetic_pets
 
-    @property
-    def bad_fraction(self) -> float:
-        return sum(self.quarantined.values()) / max(1, sum(self.records.values()))
-
-
-# --- spans -----------------------------------------------------------------------------------------------------
-def available_spans(input_base: str) -> list[int]:
-    """Span numbers of the `span-<N>` subdirectories of `input_base`; [] when it has none (or is a file)."""
-    if not tf.io.gfile.isdir(input_base):
-        return []
-    return sorted(int(m.group(1)) for name in fileio.listdir(input_base) if (m := SPAN_DIR.match(name.rstrip("/"))))
-
-
-def select_spans(available: list[int], spec: str) -> list[int]:
-    """latest | all | N | N-M → the spans to ingest, checked against what exists."""
-    spec = spec.strip().lower()
-    if spec == "latest":
-        return available[-1:]
-    if spec == "all":
-        return list(available)
-    match = re.fullmatch(r"(\d+)(?:-(\d+))?", spec)
-    if not match:
-        raise ConfigError(f"data.spans: expected latest, all, N or N-M; got {spec!r}")
-    low, high = int(match.group(1)), int(match.group(2) or match.group(1))
-    wanted = [s for s in available if low <= s <= high]
-    if not wanted:
-        raise DataError(f"data.spans={spec}: no span-<N> directory in that range (available: {available})")
-    return wanted
+    data_dir = os.path.join(work_dir, "data")
+    wanted = {"per_breed": config.per_breed, "seed": config.seed, "breeds": hierarchy.breed_names}
+    marker = os.path.join(data_dir, GENERATED_MARKER)
+    if os.path.exists(marker):
+        with open(marker) as f:
+            if json.load(f) == wanted:
+                log.info("make-data: reusing the generated data set in %s", data_dir)
+                return data_dir
+    shutil.rmtree(data_dir, ignore_errors=True)
+    log.info("make-data: generating %d images per breed into %s", config.per_breed, data_dir)
+    counts = write_synthetic_pets(
+        data_dir, config.per_breed, config.seed, hierarchy=hierarchy, progress=progress_logger("make-data")
+    )
+    with open(marker, "w") as f:
+        json.dump(wanted, f)
+    log.info("make-data: %s", counts)
+    return data_dir
 
 
-def load_spans(work_dir: str) -> dict[int, dict]:
-    path = os.path.join(work_dir, SPANS_FILE)
-    if not fileio.isfile(path):
-        return {}
-    return {int(k): v for k, v in _read_json(path).items()}
+def progress_logger(stage: str, every: int = 500):
+    def report(done: int, total: int) -> None:
+        if done % every == 0 or done == total:
+            log.info("%s: %d/%d", stage, done, total)
 
-
-def _read_json(path: str):
-    return json.loads(fileio.read_bytes(path))
-
-
-def _save_spans(work_dir: str, spans: dict[int, dict]) -> None:
-    tmp = os.path.join(work_dir, SPANS_FILE + ".tmp")
-    fileio.write_text(tmp, json.dumps({str(k): v for k, v in sorted(spans.items())}, indent=2))
-    fileio.replace(tmp, os.path.join(work_dir, SPANS_FILE))
-
-
-def record_span(work_dir: str, result: SpanResult, source: str) -> None:
-    spans = load_spans(work_dir)
-    spans[result.span] = {"source": source, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **asdict(result)}
-    _save_spans(work_dir, spans)
-
-
-def forget_span(work_dir: str, span: int) -> None:
-    """Its output is about to be replaced: until the new one passes its checks, the span is not trainable."""
-    spans = load_spans(work_dir)
-    if spans.pop(span, None) is not None:
-        _save_spans(work_dir, spans)
-
-
-def span_window(work_dir: str, window: int) -> list[str]:
-    """TFRecord directories of the last `window` successfully ingested spans (oldest first)."""
-    spans = load_spans(work_dir)
-    if not spans:
-        raise DataError(f"{os.path.join(work_dir, SPANS_FILE)}: no ingested span to train on")
-    return [spans[s]["tfrecord_dir"] for s in sorted(spans)[-window:]]
+    return report
 
 
 # --- the Beam job ----------------------------------------------------------------------------------------------
@@ -168,9 +128,11 @@ def _write_json(value, path: str) -> None:
 
 
 def run_span_job(
-    config: PipelineConfig, data_dir: str | None, span: int, hierarchy: Hierarchy, schema, beam_args
+    config: PipelineConfig, data_dir: str | None, span: int, hierarchy: Hierarchy, schema, beam_args, on_result=None
 ) -> SpanResult:
-    """Ingest + preprocess + statistics for one span into `<tfrecord_root>/span-<span>/`; checks the invariant."""
+    """Ingest + preprocess + statistics for one span into `<tfrecord_root>/span-<span>/`; checks the invariant.
+    `on_result`, if given, is called with the finished job's PipelineResult (a measurement hook: its monitoring
+    metrics hold every transform's execution time; benchmarks/preprocess_jobs.py reads them)."""
     import apache_beam as beam
 
     from components.ingest import QUARANTINE, IngestRecords
@@ -213,6 +175,8 @@ def run_span_job(
             raise
         raise error from None
 
+    if on_result is not None:
+        on_result(pipeline.result)
     counters: dict[str, int] = {}
     for counter in pipeline.result.metrics().query()["counters"]:  # the same name may count in several steps
         counters[counter.key.metric.name] = counters.get(counter.key.metric.name, 0) + counter.committed
@@ -252,13 +216,13 @@ def check_accounting(result: SpanResult) -> None:
 
 def validate_span(config: PipelineConfig, result: SpanResult, hierarchy: Hierarchy, schema) -> tuple[list[str], list]:
     """Validate the span's statistics against the schema and the previous successful span; write the report."""
-    from components.statistics import format_anomalies, validate, write_report
+    from components.validation import format_anomalies, validate, write_validation_json
 
-    statistics = _read_json(os.path.join(result.tfrecord_dir, "statistics.json"))
+    statistics = read_json(os.path.join(result.tfrecord_dir, "statistics.json"))
     baseline_path = os.path.join(config.work_dir, BASELINE_STATISTICS)
-    previous = _read_json(baseline_path) if fileio.isfile(baseline_path) else None
+    previous = read_json(baseline_path) if fileio.isfile(baseline_path) else None
     anomalies = validate(statistics, schema, hierarchy, previous, config.validation)
-    write_report(os.path.join(result.tfrecord_dir, "validation.json"), statistics, anomalies)
+    write_validation_json(os.path.join(result.tfrecord_dir, "validation.json"), statistics, anomalies)
     return format_anomalies(anomalies), anomalies
 
 
