@@ -9,12 +9,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import pytest  # noqa: E402
 
 from components.export_config import ExportConfig  # noqa: E402
-from components.train_config import TrainConfig  # noqa: E402
 from datasources.synthetic_pets import write_synthetic_pets  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from schemas import load_hierarchy, load_schema  # noqa: E402
 
-TINY_MODEL = TrainConfig(filters=(4, 8), augment=False)  # a backbone that builds, trains and serves in seconds
 # Export settings of the tests' small models: the species answer is never "uncertain" (a threshold of 0), so
 # what an untrained model answers is the plain argmax.
 TEST_EXPORT = ExportConfig(species_uncertainty_threshold=0.0)
@@ -25,7 +23,8 @@ TEST_EXPORT = ExportConfig(species_uncertainty_threshold=0.0)
 # A test that needs more appends its differences, which win because later overrides do:
 #     load_config(None, [*TINY_TRAINING, "train.epochs=3"])
 #     main(["run", ..., *set_flags(TINY_TRAINING, "train.epochs=3")])
-# Component tests start from TINY_TRAIN, the same settings as a TrainConfig: dataclasses.replace(TINY_TRAIN, ...).
+# Component tests start from TINY_TRAIN, the same settings as a TrainConfig (a backbone that builds, trains and
+# serves in seconds): dataclasses.replace(TINY_TRAIN, ...).
 TINY_TRAINING = (
     "preprocess.image_size=32",
     "train.epochs=1",
@@ -76,7 +75,7 @@ def small_model(hierarchy):
     """An untrained multi-head model with a tiny backbone: fast to build, export and serve."""
     from components.model import build_multihead_model
 
-    return build_multihead_model(hierarchy, 32, TINY_MODEL)
+    return build_multihead_model(hierarchy, 32, TINY_TRAIN)
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ from PIL import Image
 from components.export import EXAMPLES_SIGNATURE, STAGING_PREFIX, existing_versions, export_model
 from components.export_config import ExportConfig
 from components.preprocess import make_example
-from tests.conftest import TEST_EXPORT, TINY_MODEL
+from tests.conftest import TEST_EXPORT, TINY_TRAIN
 
 
 def _png(color, size=(40, 30)) -> bytes:
@@ -150,7 +150,7 @@ def test_a_session_loader_like_tf_servings_runs_the_export_with_the_trained_weig
     tf.saved_model.load works."""
     from components.model import build_multihead_model
 
-    model = build_multihead_model(hierarchy, 32, TINY_MODEL)
+    model = build_multihead_model(hierarchy, 32, TINY_TRAIN)
     rng = np.random.default_rng(3)
     model.set_weights([rng.normal(0, 0.5, w.shape).astype(w.dtype) for w in model.get_weights()])  # not the init
     _, path = export_model(model, hierarchy, str(tmp_path / "pets"), 32, TEST_EXPORT)

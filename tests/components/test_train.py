@@ -10,7 +10,7 @@ from components.model import build_backbone, build_multihead_model, with_augment
 from components.preprocess import TFRECORD_SUFFIX, make_example, split_prefix
 from components.train import balanced_class_weights, prepare_checkpoints, train_model
 from components.train_config import TrainingJob
-from tests.conftest import TINY_MODEL, TINY_TRAIN
+from tests.conftest import TINY_TRAIN
 from tests.image_factory import jpeg_bytes
 
 
@@ -27,7 +27,7 @@ def test_mobilenet_backbone_loads_weights_from_a_local_file(tmp_path):
 
 
 def test_augmentation_only_when_training(hierarchy):
-    model = build_multihead_model(hierarchy, 32, TINY_MODEL)
+    model = build_multihead_model(hierarchy, 32, TINY_TRAIN)
     images = np.random.default_rng(0).integers(0, 255, (4, 32, 32, 3)).astype("float32")
     first = model(images, training=False)["species"].numpy()
     np.testing.assert_array_equal(first, model(images, training=False)["species"].numpy())
