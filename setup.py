@@ -46,7 +46,10 @@ setup(
             "pyyaml",
             "cryptography",
             "prometheus-client>=0.20",
-        ]
+            "apache-beam[dask]>=2.77,<3",  # tests/pipeline/test_dask_runner.py runs the data stage on Dask
+        ],
+        # --runner=DaskRunner (Dask distributed): dask and distributed >= 2024.4.2; 2026.8.0 resolved with our pins
+        "dask": ["apache-beam[dask]>=2.77,<3"],
     },
     entry_points={"console_scripts": ["petpipe=pipeline.cli:main"]},
 )

@@ -231,7 +231,7 @@ def count(name: str, by: int = 1) -> None:
 READ_REASONS = {rec.MISSING_FILE, rec.UNREADABLE_FILE, rec.EMPTY_FILE}
 
 
-class _ResolveFn(beam.DoFn):
+class ResolveFn(beam.DoFn):
     """(key, {records, files}) → one LabelledImage, or a Quarantined entry; counts every distinct record."""
 
     def __init__(self, hierarchy: Hierarchy, eval_fraction: float, test_fraction: float, has_listing: bool):
@@ -264,7 +264,7 @@ class _ResolveFn(beam.DoFn):
         yield LabelledImage(labelled, split, record.image_path or record.provenance.source, data)
 
 
-def _count_parse_quarantine(entry: Quarantined) -> Quarantined:
+def count_parse_quarantine(entry: Quarantined) -> Quarantined:
     count(f"records_{entry.split}")
     return entry
 
@@ -292,12 +292,12 @@ class IngestRecords(beam.PTransform):
             {"records": keyed, "files": files}
             | "GroupByImage" >> beam.CoGroupByKey()
             | "Resolve"
-            >> beam.ParDo(_ResolveFn(self.hierarchy, *self.fractions, self.image_listing is not None)).with_outputs(
+            >> beam.ParDo(ResolveFn(self.hierarchy, *self.fractions, self.image_listing is not None)).with_outputs(
                 QUARANTINE, main="images"
             )
         )
         quarantine = (
             resolved[QUARANTINE],
-            unparsable | "CountUnparsable" >> beam.Map(_count_parse_quarantine),
+            unparsable | "CountUnparsable" >> beam.Map(count_parse_quarantine),
         ) | "AllIngestQuarantine" >> beam.Flatten()
         return {"images": resolved.images, QUARANTINE: quarantine}

@@ -129,7 +129,7 @@ class ImageToExample:
         return EncodedExample(item.split, example.SerializeToString(), info.width, info.height, len(item.data))
 
 
-class _EncodeExampleFn(beam.DoFn):
+class EncodeExampleFn(beam.DoFn):
     """Checks, decodes, resizes and re-encodes one image; main output EncodedExample, or a quarantine entry."""
 
     def __init__(self, *core_args):
@@ -175,7 +175,7 @@ class EncodeExamples(beam.PTransform):
 
     def __init__(self, image_size: int, jpeg_quality: int, hierarchy: Hierarchy, min_side: int, max_pixels: int):
         super().__init__()
-        self.encode = _EncodeExampleFn(image_size, jpeg_quality, hierarchy, min_side, max_pixels)
+        self.encode = EncodeExampleFn(image_size, jpeg_quality, hierarchy, min_side, max_pixels)
 
     def expand(self, images):
         encoded = images | "Encode" >> beam.ParDo(self.encode).with_outputs(QUARANTINE, main="examples")
@@ -211,7 +211,7 @@ class WriteSplits(beam.PTransform):
         return examples
 
 
-def _count_quarantined(entry: Quarantined) -> Quarantined:
+def count_quarantined(entry: Quarantined) -> Quarantined:
     beam.metrics.Metrics.counter("quarantine", f"quarantined_{entry.split}").inc()
     beam.metrics.Metrics.counter("quarantine", f"reason_{entry.reason}").inc()
     return entry
@@ -225,7 +225,7 @@ class WriteQuarantine(beam.PTransform):
         self.tfrecord_dir = tfrecord_dir
 
     def expand(self, entries):
-        counted = entries | "Count" >> beam.Map(_count_quarantined)
+        counted = entries | "Count" >> beam.Map(count_quarantined)
         parts = counted | "BySplit" >> beam.Partition(_by_split, len(SPLITS))
         for split, part in zip(SPLITS, parts, strict=True):
             _ = (

@@ -309,7 +309,7 @@ def _statistics_dicts(by_split: dict[str, SplitStatistics], layout: StatisticsLa
 # ---------------------------------------------------------------------------------------------- Beam shell
 
 
-class _StatisticsCombineFn(beam.CombineFn):
+class StatisticsCombineFn(beam.CombineFn):
     """Accumulator {split: SplitStatistics}; inputs are example 5-tuples or (split, reason) quarantine pairs."""
 
     def __init__(self, layout: StatisticsLayout):
@@ -355,4 +355,4 @@ class ComputeStatistics(beam.PTransform):
         inputs = examples
         if self._quarantined is not None:
             inputs = (examples, self._quarantined) | "WithQuarantine" >> beam.Flatten()
-        return inputs | "Combine" >> beam.CombineGlobally(_StatisticsCombineFn(self._layout))
+        return inputs | "Combine" >> beam.CombineGlobally(StatisticsCombineFn(self._layout))

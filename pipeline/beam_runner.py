@@ -5,13 +5,15 @@ local runners (no --runner, DirectRunner, SwitchingDirectRunner, TestDirectRunne
 spellings Beam accepts: any case, without the "Runner" suffix, or as a class path) we build the FnApiRunner
 ourselves — the same runner DirectRunner falls back to, honouring --direct_num_workers and --direct_running_mode
 (in_memory, multi_threading, or multi_processing: SDK worker subprocesses). Any other --runner (DataflowRunner,
-FlinkRunner, SparkRunner, PortableRunner, PrismRunner, ...) and every other flag pass through as given; see
+FlinkRunner, SparkRunner, PortableRunner, PrismRunner, ...) and every other flag pass through as given (for
+PortableRunner, a --job_endpoint that does not answer within --job_server_timeout is our one-line error); see
 docs/beam-runners.md.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import re
 
@@ -34,16 +36,48 @@ def is_local_runner(runner_name: str | None) -> bool:
     """Whether --runner names a runner we replace with our FnApiRunner: resolved the way Beam resolves it."""
     if runner_name is None:
         return True
+    runner_class = _runner_class(runner_name)
+    return any(runner_class is local for local in _local_runner_classes())
+
+
+def _runner_class(runner_name: str) -> type | None:
+    """The class --runner names, resolved the way Beam resolves it; None where Beam will report the name."""
     known = {path.rsplit(".", 1)[-1].lower(): path for path in StandardOptions.ALL_KNOWN_RUNNERS}
     path = known.get(runner_name.lower(), known.get(runner_name.lower() + "runner", runner_name))
     if "." not in path:
-        return False  # Beam rejects it with its list of valid runners
+        return None  # Beam rejects it with its list of valid runners
     module, _, name = path.rpartition(".")
     try:
-        runner_class = getattr(importlib.import_module(module), name)
+        return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError):
-        return False  # Beam reports it
-    return any(runner_class is local for local in _local_runner_classes())
+        return None  # Beam reports it
+
+
+def _portable_runner_class() -> type:
+    from apache_beam.runners.portability.portable_runner import PortableRunner
+
+    return PortableRunner
+
+
+def _portable_runner():
+    """Beam's PortableRunner, but a job service that does not answer at --job_endpoint within --job_server_timeout
+    is our error naming the address (Beam raises a bare grpc.FutureTimeoutError)."""
+    import grpc
+    from apache_beam.options.pipeline_options import PortableOptions
+    from apache_beam.runners.portability import portable_runner
+
+    class PortableRunner(portable_runner.PortableRunner):
+        def create_job_service(self, options):
+            try:
+                return super().create_job_service(options)
+            except grpc.FutureTimeoutError:
+                portable = options.view_as(PortableOptions)
+                raise errors.ConfigError(
+                    f"--job_endpoint={portable.job_endpoint}: no Beam job service answered there within "
+                    f"{portable.job_server_timeout} s (--job_server_timeout)"
+                ) from None
+
+    return PortableRunner()
 
 
 def _local_fn_api_runner(options: PipelineOptions):
@@ -76,13 +110,32 @@ def _worker_processes_log_beam_like_this_one(options: PipelineOptions) -> None:
     worker.sdk_harness_log_level_overrides = overrides
 
 
+# Runners Beam 2.77 only accepts as a class path, by the short names we accept for them (any case, "Runner" optional).
+DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
+_SHORT_RUNNER_NAMES = {"daskrunner": DASK_RUNNER}
+
+
+def _resolve_short_runner_name(options: PipelineOptions) -> None:
+    standard = options.view_as(StandardOptions)
+    name = (standard.runner or "").lower()
+    path = _SHORT_RUNNER_NAMES.get(name, _SHORT_RUNNER_NAMES.get(name + "runner"))
+    if path is None and standard.runner != DASK_RUNNER:
+        return
+    if importlib.util.find_spec("distributed") is None:
+        raise errors.ConfigError(f"--runner={standard.runner} needs Dask distributed: pip install 'petpipe[dask]'")
+    standard.runner = path or DASK_RUNNER
+
+
 def make_pipeline(beam_args: list[str] | None = None) -> beam.Pipeline:
     """A beam.Pipeline for the user's Beam flags; local runs use our FnApiRunner, never Prism."""
     options = PipelineOptions(beam_args or [])
+    _resolve_short_runner_name(options)
     runner = None
     if is_local_runner(options.view_as(StandardOptions).runner):
         _worker_processes_log_beam_like_this_one(options)
         runner = _local_fn_api_runner(options)
+    elif _runner_class(options.view_as(StandardOptions).runner) is _portable_runner_class():
+        runner = _portable_runner()
     return beam.Pipeline(runner=runner, options=options)
 
 

@@ -14,7 +14,7 @@ import sys
 import threading
 
 from common.errors import PetpipeError
-from pipeline import serving_commands
+from pipeline import infer_command, serving_commands
 
 log = logging.getLogger("petpipe")
 
@@ -111,8 +111,19 @@ def _run(args, beam_args: list[str]) -> int:
     from pipeline.run import run_pipeline
 
     config = run_config(args)
-    check_distribute(config.train.distribute)
-    summary = run_pipeline(config, beam_args, force=args.force)
+    role = multiworker_role(config.train.distribute)
+    if role is None:
+        summary = run_pipeline(config, beam_args, force=args.force)
+    else:
+        from components.distribute import make_strategy
+        from pipeline import workers
+
+        make_strategy("multiworker")  # before TensorFlow runs anything; waits for every task to start
+        if not role.is_chief:
+            return workers.run_worker(config, role)
+        coordinator = workers.Coordinator(config, role)
+        with coordinator.telling_failures():
+            summary = run_pipeline(config, beam_args, force=args.force, coordinator=coordinator)
     if summary.outcome == "nothing to do":
         print(f"petpipe run: nothing to do: {summary.outcome_message}")
         return 0
@@ -121,17 +132,17 @@ def _run(args, beam_args: list[str]) -> int:
     return summary.exit_code
 
 
-def check_distribute(distribute: str) -> None:
-    """petpipe run trains in one process: with no strategy or MirroredStrategy over the local devices. Worker tasks
-    of a MultiWorkerMirroredStrategy must all train together, which a whole pipeline run per task cannot do yet."""
-    from components.distribute import resolve
+def multiworker_role(distribute: str):
+    """This task's pipeline/workers.Role when train.distribute resolves to multiworker (TF_CONFIG checked first:
+    a bad one is a ConfigError naming the field), else None: one process trains (none or mirrored)."""
+    from pipeline import workers
 
-    if resolve(distribute) == "multiworker":
-        raise PetpipeError(
-            f"train.distribute={distribute}: petpipe run does not coordinate worker tasks yet (every task would run "
-            "the data stage and the export); call components.train.train_model(..., strategy='multiworker') in each "
-            "task with TF_CONFIG set, or use train.distribute=mirrored"
-        )
+    tf_config = os.environ.get("TF_CONFIG", "")
+    if distribute not in ("multiworker", "auto") or (distribute == "auto" and not tf_config.strip()):
+        return None
+    role = workers.role_from_tf_config(tf_config)
+    tasks = sum(len(addresses) for addresses in role.cluster.values())
+    return role if distribute == "multiworker" or tasks > 1 else None  # auto: as components.distribute.resolve
 
 
 def _schedule(args, beam_args: list[str]) -> int:
@@ -241,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     lineage.add_argument("version", type=int, help="model version number in the serving directory")
     _store_flags(lineage)
     serving_commands.add_serving_commands(commands)
+    infer_command.add_infer_command(commands)
     return parser
 
 
@@ -296,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
-    if unknown and args.command not in ("run", "schedule"):
+    if unknown and args.command not in ("run", "schedule", "infer"):  # these pass Beam flags on
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     _setup_logging(args.verbose, args.log_format)
     if args.command in ("run", "schedule") and threading.current_thread() is threading.main_thread():
@@ -317,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
             return serving_commands.serve(args)
         if args.command == "status":
             return serving_commands.status(args)
+        if args.command == "infer":
+            return infer_command.infer(args, unknown)
         return serving_commands.predict(args)
     except PetpipeError as exc:
         print(f"petpipe: error: {exc}", file=sys.stderr)

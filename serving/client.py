@@ -20,7 +20,7 @@ import os
 import time
 import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import grpc
 import numpy as np
@@ -33,22 +33,17 @@ from tensorflow_serving.apis import (
 )
 
 from common.errors import PetpipeError
-from schemas import load_hierarchy
+
+# The answer code is shared with `petpipe infer` (components/bulk_inference.py); imported here under its old home's
+# names, which callers (pipeline/serving_commands.py, pipeline/stages/smoke.py) use.
+from schemas.answers import IMAGE_SUFFIXES as IMAGE_SUFFIXES
+from schemas.answers import PetAnswer as PetAnswer
+from schemas.answers import answer_dict as answer_dict
+from schemas.answers import answers_from_outputs as answers_from_outputs
+from schemas.answers import format_answer as format_answer
 from serving.grpc_options import message_size_options
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0)  # seconds between attempts while the server is UNAVAILABLE
-
-
-@dataclass(frozen=True)
-class PetAnswer:
-    species: str
-    species_probs: dict[str, float]
-    breed: str
-    breed_prob: float
-    top_k: list[tuple[str, float]]
-    version: int | None  # None over REST: TF Serving's REST predict answer does not say which version answered
-    error: str = ""  # why the server could not read this image ("" when it could); then the rest is meaningless
 
 
 @dataclass(frozen=True)
@@ -217,10 +212,6 @@ def expand_image_paths(arguments: list[str]) -> list[str]:
     return paths
 
 
-def answer_dict(path: str, answer: PetAnswer) -> dict:
-    return {"image": path, **asdict(answer), "top_k": [{"breed": b, "score": p} for b, p in answer.top_k]}
-
-
 def parse_response(response: predict_pb2.PredictResponse, species_names: list[str] | None = None) -> list[PetAnswer]:
     outputs = {name: ndarray(proto) for name, proto in response.outputs.items()}
     return answers_from_outputs(outputs, response.model_spec.version.value, species_names)
@@ -256,41 +247,3 @@ def ndarray(proto) -> np.ndarray:
     if values.size == 0:
         return np.zeros(shape, dtype)
     return np.pad(values, (0, count - values.size), "edge").reshape(shape)
-
-
-def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def answers_from_outputs(outputs: dict, version: int | None, species_names: list[str] | None = None) -> list[PetAnswer]:
-    """The serving signature's outputs (numpy arrays; strings as bytes over gRPC, str over REST) → answers."""
-    species_probs = outputs["species_probs"]
-    if species_names is None:
-        # species_probs columns follow the hierarchy the model was trained with (shipped in schemas/).
-        species_names = list(load_hierarchy().species)
-    answers = []
-    for i in range(len(species_probs)):
-        top = [
-            (_text(b), float(s)) for b, s in zip(outputs["top_k_breeds"][i], outputs["top_k_scores"][i], strict=True)
-        ]
-        answers.append(
-            PetAnswer(
-                species=_text(outputs["species"][i]),
-                species_probs={name: float(p) for name, p in zip(species_names, species_probs[i], strict=True)},
-                breed=_text(outputs["breed"][i]),
-                breed_prob=top[0][1],  # joint probability of the answered breed
-                top_k=top,
-                version=version,
-                error=_text(outputs["image_error"][i]) if "image_error" in outputs else "",
-            )
-        )
-    return answers
-
-
-def format_answer(label: str, answer: PetAnswer) -> str:
-    if answer.error:
-        return f"{label}: error: {answer.error}"
-    species = ", ".join(f"{name} {p:.3f}" for name, p in answer.species_probs.items())
-    top = ", ".join(f"{name} {p:.3f}" for name, p in answer.top_k)
-    breed = f"breed {answer.breed} {answer.breed_prob:.3f}"
-    return f"{label}: {answer.species} ({species}); {breed}; top-{len(answer.top_k)}: {top}"

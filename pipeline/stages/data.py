@@ -88,11 +88,14 @@ def _folder_records(root: str):
     count("ignored_files", len(folders.skipped))
 
 
-def _read_source(pipeline, data: DataConfig, data_dir: str | None):
-    """(PCollection of SourceRecord | Quarantined, PCollection of existing image keys or None)."""
+def _read_source(pipeline, data: DataConfig, data_dir: str | None, flat_map=None):
+    """(PCollection of SourceRecord | Quarantined, PCollection of existing image keys or None). `flat_map` replaces
+    beam.FlatMap for the reading steps (the Dask job's counting_flat_map)."""
     import apache_beam as beam
 
     from components import ingest, sources
+
+    flat_map = flat_map or beam.FlatMap
 
     if data.source == "oxford":
         annotation_paths = ingest.check_layout(data_dir)
@@ -101,23 +104,23 @@ def _read_source(pipeline, data: DataConfig, data_dir: str | None):
             pipeline
             | "AnnotationFiles" >> beam.Create(annotation_paths)
             | "ParseAnnotations"
-            >> beam.FlatMap(ingest.read_oxford_annotations, images_dir=images_dir, eval_fraction=data.eval_fraction)
+            >> flat_map(ingest.read_oxford_annotations, images_dir=images_dir, eval_fraction=data.eval_fraction)
         )
         listing = pipeline | "ListImages" >> beam.Create(ingest.image_stems(images_dir))
         return parsed, listing
     if data.source == "folders":
         if not tf.io.gfile.isdir(data_dir):
             raise DataError(f"{data_dir}: class-folder root not found (expected <species>/<breed>/*.jpg)")
-        return pipeline | "Root" >> beam.Create([data_dir]) | "ListFolders" >> beam.FlatMap(_folder_records), None
+        return pipeline | "Root" >> beam.Create([data_dir]) | "ListFolders" >> flat_map(_folder_records), None
     if data.source == "csv":
         manifest = os.path.join(data_dir, "manifest.csv") if tf.io.gfile.isdir(data_dir) else data_dir
         if not fileio.isfile(manifest):
             raise DataError(f"{manifest}: CSV manifest not found (columns path,species,breed)")
-        return pipeline | "Manifest" >> beam.Create([manifest]) | "ReadManifest" >> beam.FlatMap(
+        return pipeline | "Manifest" >> beam.Create([manifest]) | "ReadManifest" >> flat_map(
             sources.read_csv_manifest
         ), None
     if data.source == "tfds":
-        return pipeline | "TfdsSplits" >> beam.Create(list(data.tfds_splits)) | "ReadTfds" >> beam.FlatMap(
+        return pipeline | "TfdsSplits" >> beam.Create(list(data.tfds_splits)) | "ReadTfds" >> flat_map(
             lambda split: sources.read_tfds(data.tfds_name, data.tfds_data_dir, split)
         ), None
     raise ConfigError(f"unknown data.source {data.source!r}")
@@ -138,6 +141,7 @@ def run_span_job(
     from components.ingest import QUARANTINE, IngestRecords
     from components.preprocess import EncodeExamples, WriteQuarantine, WriteSplits
     from components.statistics import ComputeStatistics
+    from pipeline import dask_job
     from pipeline.beam_runner import make_pipeline, user_error
 
     data, pre = config.data, config.preprocess
@@ -148,29 +152,35 @@ def run_span_job(
     runner = type(pipeline.runner).__name__
     log.info("ingest+preprocess: span %d from %s (Beam %s)", span, data_dir or data.source, runner)
     test_fraction = data.test_fraction if data.source in ("folders", "csv") else 0.0
+    on_dask = dask_job.is_dask(pipeline)
     try:
         with pipeline:
-            parsed, listing = _read_source(pipeline, data, data_dir)
-            ingested = parsed | "Ingest" >> IngestRecords(hierarchy, data.eval_fraction, test_fraction, listing)
-            encoded = ingested["images"] | "Preprocess" >> EncodeExamples(
-                pre.image_size, pre.jpeg_quality, hierarchy, data.min_image_side, data.max_image_pixels
-            )
-            _ = encoded["examples"] | "WriteTFRecords" >> WriteSplits(staging, pre.num_shards)
-            quarantine = (
-                (ingested[QUARANTINE], encoded[QUARANTINE])
-                | "AllQuarantine" >> beam.Flatten()
-                | "WriteQuarantine" >> WriteQuarantine(staging)
-            )
-            quarantine_items = quarantine | "QuarantineItems" >> beam.Map(lambda q: (q.split, q.reason))
-            _ = (
-                encoded["examples"]
-                | "StatItems" >> beam.Map(lambda e: (e.split, e.serialized, e.width, e.height, e.nbytes))
-                | "Statistics" >> ComputeStatistics(schema, hierarchy, quarantined=quarantine_items)
-                | "WriteStatistics" >> beam.Map(_write_json, os.path.join(staging, "statistics.json"))
-            )
+            if on_dask:  # shaped for what Beam's DaskRunner runs correctly: see pipeline/dask_job.py
+                _dask_span_job(pipeline, config, data_dir, hierarchy, schema, staging, test_fraction)
+            else:
+                parsed, listing = _read_source(pipeline, data, data_dir)
+                ingested = parsed | "Ingest" >> IngestRecords(hierarchy, data.eval_fraction, test_fraction, listing)
+                encoded = ingested["images"] | "Preprocess" >> EncodeExamples(
+                    pre.image_size, pre.jpeg_quality, hierarchy, data.min_image_side, data.max_image_pixels
+                )
+                _ = encoded["examples"] | "WriteTFRecords" >> WriteSplits(staging, pre.num_shards)
+                quarantine = (
+                    (ingested[QUARANTINE], encoded[QUARANTINE])
+                    | "AllQuarantine" >> beam.Flatten()
+                    | "WriteQuarantine" >> WriteQuarantine(staging)
+                )
+                quarantine_items = quarantine | "QuarantineItems" >> beam.Map(lambda q: (q.split, q.reason))
+                _ = (
+                    encoded["examples"]
+                    | "StatItems" >> beam.Map(lambda e: (e.split, e.serialized, e.width, e.height, e.nbytes))
+                    | "Statistics" >> ComputeStatistics(schema, hierarchy, quarantined=quarantine_items)
+                    | "WriteStatistics" >> beam.Map(_write_json, os.path.join(staging, "statistics.json"))
+                )
     except Exception as exc:
         fileio.rmtree(staging, ignore_errors=True)
-        error = user_error(exc)
+        if on_dask:
+            dask_job.close_client(pipeline)
+        error = user_error(exc) or (dask_job.dask_error(exc, pipeline) if on_dask else None)
         if error is None:
             raise
         raise error from None
@@ -178,8 +188,12 @@ def run_span_job(
     if on_result is not None:
         on_result(pipeline.result)
     counters: dict[str, int] = {}
-    for counter in pipeline.result.metrics().query()["counters"]:  # the same name may count in several steps
-        counters[counter.key.metric.name] = counters.get(counter.key.metric.name, 0) + counter.committed
+    if on_dask:  # the DaskRunner has no metrics: the job wrote its counters
+        dask_job.close_client(pipeline)
+        counters = dask_job.read_counters(staging)
+    else:
+        for counter in pipeline.result.metrics().query()["counters"]:  # the same name may count in several steps
+            counters[counter.key.metric.name] = counters.get(counter.key.metric.name, 0) + counter.committed
     result = SpanResult(
         span=span,
         tfrecord_dir=out_dir,
@@ -201,6 +215,22 @@ def run_span_job(
         os.rename(staging, out_dir)
     check_accounting(result)
     return result
+
+
+def _dask_span_job(pipeline, config: PipelineConfig, data_dir, hierarchy: Hierarchy, schema, staging, test_fraction):
+    """The span job in the shape Beam's DaskRunner runs correctly (one chain, one sink): pipeline/dask_job.py."""
+    from components.ingest import ResolveFn
+    from components.preprocess import EncodeExampleFn
+    from components.statistics import StatisticsCombineFn
+    from components.statistics_layout import StatisticsLayout
+    from pipeline import dask_job
+
+    data, pre = config.data, config.preprocess
+    parsed, listing = _read_source(pipeline, data, data_dir, flat_map=dask_job.counting_flat_map)
+    resolve_fn = ResolveFn(hierarchy, data.eval_fraction, test_fraction, listing is not None)
+    encode_fn = EncodeExampleFn(pre.image_size, pre.jpeg_quality, hierarchy, data.min_image_side, data.max_image_pixels)
+    combine_fn = StatisticsCombineFn(StatisticsLayout.build(schema, hierarchy))
+    dask_job.build_span_job(pipeline, parsed, listing, resolve_fn, encode_fn, combine_fn, staging, pre.num_shards)
 
 
 def check_accounting(result: SpanResult) -> None:

@@ -174,13 +174,17 @@ def test_data_stage_on_two_local_workers_equals_the_in_process_run(
     assert {handler for handler, _ in started_workers} == {WORKER_HANDLER[mode]}
     assert len({worker for _, worker in started_workers}) == 2
 
+    assert_outputs_equal(result, in_process_outputs, dirty_data)
+
+
+def assert_outputs_equal(result, expected: dict, dirty_data) -> None:
+    """A span job's outputs (`result`: its SpanResult) equal the in-process run's: counts, parsed examples and
+    quarantine lines (order-independent), statistics (floats to 1e-9: sums depend on the order workers add in)."""
     outputs = _outputs(result)
-    expected = in_process_outputs
     assert sum(outputs["counts"]["quarantined"].values()) == len(dirty_data.quarantined)  # the run had dirt to find
     assert outputs["counts"] == expected["counts"]
     assert outputs["examples"] == expected["examples"]
     assert outputs["quarantine"] == expected["quarantine"]
-    # Sums of floats depend on the order the workers added them in.
     assert outputs["statistics"].keys() == expected["statistics"].keys()
     approx = {k: pytest.approx(v, rel=1e-9) if isinstance(v, float) else v for k, v in expected["statistics"].items()}
     assert outputs["statistics"] == approx
