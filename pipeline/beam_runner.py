@@ -143,10 +143,21 @@ def make_pipeline(beam_args: list[str] | None = None) -> beam.Pipeline:
 _RELAYED_ERROR = re.compile(re.escape(errors.__name__) + r"\.(\w+): (.+)")  # common.errors.DataError: ...
 
 
+# A portable job whose job service could not start an SDK worker in the external worker pool fails with the worker
+# handler's traceback as its message: StartWorker UNAVAILABLE, "... ipv4:10.0.0.3:50000: ... Connection refused".
+_WORKER_POOL_UNREACHABLE = re.compile(r"in start_worker\b.*?StatusCode\.UNAVAILABLE.*?ipv[46]:(\S+?:\d+)", re.S)
+
+
 def user_error(exc: BaseException) -> errors.PetpipeError | None:
-    """Our own error behind a Beam failure: raised in-process as is, or relayed as text by a worker process."""
+    """Our own error behind a Beam failure: raised in-process as is, or relayed as text by a worker process; an
+    external worker pool that did not answer is a ConfigError naming its address."""
     if isinstance(exc, errors.PetpipeError):
         return exc
+    if pool := _WORKER_POOL_UNREACHABLE.search(str(exc)):
+        return errors.ConfigError(
+            f"--environment_config: no Beam worker pool answered at {pool.group(1)}; the job service could not start "
+            "an SDK worker there"
+        )
     matches = _RELAYED_ERROR.findall(str(exc))
     if not matches:
         return None

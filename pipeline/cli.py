@@ -36,9 +36,14 @@ Examples:
 
 
 class _QuietBeam(logging.Filter):
-    """Drops Beam's import-time warnings (e.g. about missing GCP clients) that are logged on the root logger."""
+    """Drops Beam's import-time warnings (e.g. about missing GCP clients) that are logged on the root logger, and
+    the traceback a portable job service relays when the job fails: the run reports that failure itself (a one-line
+    error, or the exception with the same text)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        relayed_failure = "Traceback (most recent call last)" in record.getMessage()
+        if relayed_failure and record.pathname.endswith("portable_runner.py"):
+            return False
         return record.levelno >= logging.ERROR or "apache_beam" not in record.pathname
 
 
@@ -119,11 +124,12 @@ def _run(args, beam_args: list[str]) -> int:
         from pipeline import workers
 
         make_strategy("multiworker")  # before TensorFlow runs anything; waits for every task to start
-        if not role.is_chief:
-            return workers.run_worker(config, role)
-        coordinator = workers.Coordinator(config, role)
-        with coordinator.telling_failures():
-            summary = run_pipeline(config, beam_args, force=args.force, coordinator=coordinator)
+        with workers.one_line_training_errors(role):
+            if not role.is_chief:
+                return workers.run_worker(config, role)
+            coordinator = workers.Coordinator(config, role)
+            with coordinator.telling_failures():
+                summary = run_pipeline(config, beam_args, force=args.force, coordinator=coordinator)
     if summary.outcome == "nothing to do":
         print(f"petpipe run: nothing to do: {summary.outcome_message}")
         return 0

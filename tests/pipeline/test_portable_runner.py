@@ -144,3 +144,30 @@ def test_an_unreachable_job_endpoint_is_a_one_line_error_naming_it(listener, dir
     ], stderr[-3000:]
     assert "Traceback" not in stderr
     assert code == 2
+
+
+def test_a_worker_pool_that_does_not_answer_is_a_one_line_error_naming_it(dirty_data, tmp_path):
+    job_log = tmp_path / "job-service.log"
+    with hosts(2) as (job_host, worker_host), open(job_log, "w") as job_out:  # nothing listens on worker_host
+        job_host.popen(
+            [sys.executable, "-m", "apache_beam.runners.portability.local_job_service_main", f"--port={JOB_PORT}"],
+            stdout=job_out,
+            stderr=subprocess.STDOUT,
+        )
+        wait_until(lambda: f"Listening for beam jobs on port {JOB_PORT}" in job_log.read_text(), "the job service")
+        beam_args = [
+            "--runner=PortableRunner",
+            f"--job_endpoint=localhost:{JOB_PORT}",
+            "--environment_type=EXTERNAL",
+            f"--environment_config={worker_host.name}:{WORKER_POOL_PORT}",
+        ]
+        launcher = [sys.executable, "-m", "pipeline.cli", *_run_args(dirty_data.root, tmp_path / "work", *beam_args)]
+        run = job_host.run(launcher, timeout=300, cwd=REPO, capture_output=True, text=True)
+
+    assert run.stderr.splitlines()[-1:] == [
+        f"petpipe: error: --environment_config: no Beam worker pool answered at {worker_host.address}:"
+        f"{WORKER_POOL_PORT}; the job service could not start an SDK worker there"
+    ], run.stderr[-3000:]
+    assert "Traceback" not in run.stderr
+    assert run.returncode == 2
+    assert not os.path.exists(tmp_path / "work" / "tfrecords" / "span-0")  # no partial span
