@@ -26,6 +26,7 @@ BENCHMARKS = {  # name → (module, what it answers)
     "compare": ("benchmarks.compare", "multi-head vs cascade: training time, memory, latency, accuracy"),
     "serving": ("benchmarks.serving", "gRPC/REST vs in-process latency; QPS with batching off and on"),
     "end_to_end": ("benchmarks.end_to_end", "petpipe run wall time per stage at two data sizes"),
+    "scale_out": ("benchmarks.scale_out", "data stage and infer in-process, on 2 Beam workers and on Dask vs serve"),
 }
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "benchmarks", "RESULTS.md")
