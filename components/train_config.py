@@ -31,7 +31,7 @@ class TrainConfig:
     early_stopping_patience: int = 5  # epochs without val_loss improvement before stopping; 0 = off
     resume: bool = True  # continue an interrupted training from its last epoch checkpoint
     # tf.distribute: none | mirrored (all local GPUs, or logical CPUs) | multiworker | auto (multiworker when
-    # TF_CONFIG lists more than one worker). petpipe run trains with none or mirrored; see the README for multiworker.
+    # TF_CONFIG lists more than one worker). With multiworker, petpipe run runs on every task (pipeline/workers.py).
     distribute: str = "none"
     warm_start: bool = True  # start from the blessed model's weights when its architecture matches
 

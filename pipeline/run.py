@@ -20,8 +20,11 @@ from schemas import load_hierarchy, schema_for
 log = logging.getLogger("petpipe")
 
 
-def run_pipeline(config: PipelineConfig, beam_args: list[str] | None = None, force: bool = False) -> RunSummary:
-    """One run under the pipeline lock, recorded in the run store. `force` retrains even when nothing changed."""
+def run_pipeline(
+    config: PipelineConfig, beam_args: list[str] | None = None, force: bool = False, coordinator=None
+) -> RunSummary:
+    """One run under the pipeline lock, recorded in the run store. `force` retrains even when nothing changed.
+    `coordinator` (pipeline/workers.py): this is a multi-worker run's chief, which tells the workers its decision."""
     from pipeline import fingerprint
     from pipeline.lock import LOCK_FILE, PipelineLock
     from pipeline.store import RunStore, Tracker
@@ -36,7 +39,7 @@ def run_pipeline(config: PipelineConfig, beam_args: list[str] | None = None, for
                 log.warning("run store: run(s) %s ended without finishing; their completed steps are reused", abandoned)
             summary = RunSummary(run_id=store.start_run(fingerprint.of_value(to_dict(config))))
             try:
-                _run_stages(config, beam_args, summary, Tracker(store, summary.run_id), force)
+                _run_stages(config, beam_args, summary, Tracker(store, summary.run_id), force, coordinator)
             except BaseException as exc:
                 code = getattr(exc, "exit_code", 2 if isinstance(exc, Exception) else 130)
                 store.finish_run(summary.run_id, type(exc).__name__, code, f"{exc}"[:500])
@@ -47,7 +50,7 @@ def run_pipeline(config: PipelineConfig, beam_args: list[str] | None = None, for
             store.close()
 
 
-def _run_stages(config: PipelineConfig, beam_args, summary: RunSummary, tracker, force: bool) -> None:
+def _run_stages(config: PipelineConfig, beam_args, summary: RunSummary, tracker, force: bool, coordinator) -> None:
     from pipeline.spans import span_window
     from pipeline.stages import data, evaluate, export, smoke, train
 
@@ -75,11 +78,15 @@ def _run_stages(config: PipelineConfig, beam_args, summary: RunSummary, tracker,
     if not force and (reason := nothing_to_do(config, tracker, decision_key)):
         summary.outcome, summary.exit_code, summary.outcome_message = "nothing to do", 0, reason
         log.info("nothing to do: %s", reason)
+        if coordinator:
+            coordinator.stop(reason)
         return
     summary.run_dir = os.path.join(config.work_dir, "runs", time.strftime("%Y%m%d-%H%M%S"))
     os.makedirs(summary.run_dir, exist_ok=True)
+    if coordinator:
+        coordinator.train(summary.trained_on, train.warm_start_weights(config))
     trained = timed("train", train.run_train_stage, config, summary.trained_on, schema, hierarchy, tracker,
-                    decision_key, [artifact for artifact, _ in window])  # fmt: skip
+                    decision_key, [artifact for artifact, _ in window], coordinator is not None)  # fmt: skip
     inputs = {"model": trained.artifact, "trained_on": summary.trained_on}
     with tracker.execution("evaluate", decision_key, inputs, decision_key, [trained.artifact]) as execution:
         evaluation = timed("evaluate", evaluate.run_evaluate_stage, config, trained.model, trained.history,

@@ -62,17 +62,19 @@ def train(config: PipelineConfig, tfrecord_dirs: list[str], schema, hierarchy: H
 
 def run_train_stage(
     config: PipelineConfig, tfrecord_dirs: list[str], schema, hierarchy: Hierarchy, tracker, decision_key: str,
-    window_artifacts: list[int | None],
+    window_artifacts: list[int | None], multiworker: bool = False,
 ) -> TrainedModel:  # fmt: skip
     """`train`, recorded in the run store under a key of the decision and the warm-start weights; a completed
-    execution with that key whose weights file is unchanged is reused (its weights loaded, nothing trained)."""
+    execution with that key whose weights file is unchanged is reused (its weights loaded, nothing trained).
+    `multiworker` (the chief of a multi-worker run): always trains, as the workers were told to, and returns a
+    copy of the model outside the strategy, so that evaluation and export run no collective op."""
     warm = warm_start_weights(config)
     key = fingerprint.of_value([decision_key, fingerprint.of_file(warm) if warm else None])
     saved = os.path.join(config.work_dir, "train", config.train.architecture, "trained", f"{key[:20]}.weights.h5")
     inputs = {"spans": tfrecord_dirs, "warm_start": warm}
     with tracker.execution("train", key, inputs, decision_key, window_artifacts) as execution:
         previous = tracker.completed("train", key)
-        if previous is not None and os.path.exists(saved):
+        if previous is not None and os.path.exists(saved) and not multiworker:
             outputs = execution.reuse(previous)
             if fingerprint.of_file(saved) == outputs["fingerprint"]:
                 log.info("train: reusing the model trained by run %d (%s)", previous["run_id"], saved)
@@ -94,4 +96,7 @@ def run_train_stage(
                              "summary": f"{epochs} epochs on {len(tfrecord_dirs)} span(s)"}  # fmt: skip
         artifact = tracker.artifact("model", saved, fingerprint=digest)
         execution.output_artifacts.append(artifact)
+        if multiworker:
+            model = build_model(config, hierarchy)
+            model.load_weights(saved)
         return TrainedModel(model, history, artifact, saved)

@@ -244,11 +244,14 @@ def test_a_missing_span_is_a_clear_error(tmp_path, capsys):
     assert "data.spans=4: no span-<N> directory in that range (available: [1])" in capsys.readouterr().err
 
 
-def test_multiworker_is_refused_by_petpipe_run_with_the_way_out(tmp_path, capsys):
+def test_multiworker_without_tf_config_and_an_unknown_strategy_are_one_line_errors(tmp_path, capsys, monkeypatch):
     work, data = tmp_path / "work", tmp_path / "data"
     _add_span(data, 1, seed=1)
+    monkeypatch.delenv("TF_CONFIG", raising=False)
     assert main([*_run_args(work, data), "--set", "train.distribute=multiworker"]) == 2
-    assert "does not coordinate worker tasks yet" in capsys.readouterr().err
+    assert capsys.readouterr().err == (
+        "petpipe: error: TF_CONFIG: not set; train.distribute=multiworker needs the cluster and this task\n"
+    )
     assert main([*_run_args(work, data), "--set", "train.distribute=sideways"]) == 2
     assert "train.distribute must be none, mirrored, multiworker or auto" in capsys.readouterr().err
 
