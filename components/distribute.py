@@ -27,19 +27,24 @@ from components.train_config import DISTRIBUTE
 _strategies: dict[str, tf.distribute.Strategy] = {}
 
 
+def parse_tf_config(text: str) -> dict:
+    """TF_CONFIG's text as a JSON object; ValueError ("TF_CONFIG: ...") saying what is wrong."""
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"TF_CONFIG: not valid JSON ({exc})") from None
+    if not isinstance(parsed, dict):
+        raise ValueError(f"TF_CONFIG: expected a JSON object, got {type(parsed).__name__}")
+    return parsed
+
+
 def tf_config_workers(tf_config: str | None = None) -> int:
     """Number of training tasks (chief + worker) in the cluster that TF_CONFIG (or `tf_config`) describes; 0
     without one. ValueError when it is not a JSON object."""
     text = os.environ.get("TF_CONFIG", "") if tf_config is None else tf_config
     if not text.strip():
         return 0
-    try:
-        parsed = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"TF_CONFIG is not valid JSON: {exc}") from None
-    if not isinstance(parsed, dict):
-        raise ValueError(f"TF_CONFIG must be a JSON object, got {type(parsed).__name__}")
-    cluster = parsed.get("cluster") or {}
+    cluster = parse_tf_config(text).get("cluster") or {}
     return sum(len(cluster.get(job) or []) for job in ("chief", "worker"))
 
 

@@ -77,12 +77,12 @@ def role_from_tf_config(text: str) -> Role:
     """This task's role from TF_CONFIG's text; ConfigError ("TF_CONFIG: <field>: ...") when it cannot say."""
     if not text.strip():
         raise ConfigError("TF_CONFIG: not set; train.distribute=multiworker needs the cluster and this task")
+    from components.distribute import parse_tf_config  # imports TensorFlow: only when a role is needed
+
     try:
-        parsed = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"TF_CONFIG: not valid JSON ({exc})") from None
-    if not isinstance(parsed, dict):
-        raise ConfigError(f"TF_CONFIG: expected a JSON object, got {type(parsed).__name__}")
+        parsed = parse_tf_config(text)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     cluster = parsed.get("cluster")
     if not isinstance(cluster, dict) or not any(cluster.get(job) for job in TRAINING_JOBS):
         raise ConfigError('TF_CONFIG: cluster: missing, or without a "chief" or "worker" job')

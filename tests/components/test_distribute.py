@@ -58,10 +58,10 @@ def test_bad_values_are_errors(monkeypatch):
     with pytest.raises(ValueError, match="unknown train.distribute 'tpu'"):
         distribute.resolve("tpu")
     monkeypatch.setenv("TF_CONFIG", "{not json")
-    with pytest.raises(ValueError, match="TF_CONFIG is not valid JSON"):
+    with pytest.raises(ValueError, match="TF_CONFIG: not valid JSON"):
         distribute.resolve("auto")
     assert distribute.tf_config_workers("") == 0
-    with pytest.raises(ValueError, match="TF_CONFIG must be a JSON object"):
+    with pytest.raises(ValueError, match="TF_CONFIG: expected a JSON object"):
         distribute.tf_config_workers('["a list"]')
 
 
