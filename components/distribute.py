@@ -62,9 +62,36 @@ def _local_devices() -> list[str]:
     return [d.name for d in devices]
 
 
-def make_strategy(distribute: str | tf.distribute.Strategy | None) -> tf.distribute.Strategy | None:
+def bound_cluster_registration(timeout_seconds: float) -> None:
+    """Make creating the MultiWorkerMirroredStrategy raise tf.errors.DeadlineExceededError after `timeout_seconds`
+    when a task of the cluster never starts, instead of waiting forever in C++ (where no Python signal handler or
+    watchdog thread runs). The strategy configures TensorFlow's coordination service only when nothing has: this
+    sets the configuration it would (collective_all_reduce_strategy.py), plus registration as a barrier with a
+    timeout; without the barrier the timeout is not applied to the wait for the other tasks."""
+    from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
+    from tensorflow.python.distribute import multi_worker_util
+    from tensorflow.python.eager import context
+
+    cluster = tf.distribute.cluster_resolver.TFConfigClusterResolver().cluster_spec()
+    context.context().configure_coordination_service(
+        service_type="standalone",
+        service_leader=multi_worker_util.coordination_leader(cluster),
+        coordinated_jobs=[
+            coordination_config_pb2.CoordinatedJob(name=job, num_tasks=cluster.num_tasks(job))
+            for job in ("chief", "worker")
+            if job in cluster.jobs
+        ],
+        cluster_register_timeout_in_ms=max(1, int(timeout_seconds * 1000)),
+    )
+    context.context().coordination_service.cluster_register_with_barrier = True
+
+
+def make_strategy(
+    distribute: str | tf.distribute.Strategy | None, register_timeout_seconds: float | None = None
+) -> tf.distribute.Strategy | None:
     """The strategy for a train.distribute value (None for "none"); a Strategy object is returned as it is.
-    One strategy per kind per process, created on first use."""
+    One strategy per kind per process, created on first use. With `register_timeout_seconds`, a multi-worker
+    strategy whose cluster does not gather in that time raises tf.errors.DeadlineExceededError."""
     if distribute is None or isinstance(distribute, tf.distribute.Strategy):
         return distribute
     kind = resolve(distribute)
@@ -74,6 +101,8 @@ def make_strategy(distribute: str | tf.distribute.Strategy | None) -> tf.distrib
         if kind == "mirrored":
             _strategies[kind] = tf.distribute.MirroredStrategy(_local_devices())
         else:
+            if register_timeout_seconds is not None:
+                bound_cluster_registration(register_timeout_seconds)
             try:
                 _strategies[kind] = tf.distribute.MultiWorkerMirroredStrategy()
             except RuntimeError as exc:

@@ -27,6 +27,11 @@ never touched unless a candidate is blessed. Every run is recorded: petpipe hist
 
 Beam options: any flag not listed above goes to Apache Beam as is. Without --runner (or with
 --runner=DirectRunner) the pipeline runs locally on Beam's FnApiRunner, never downloading the Prism runner.
+
+Multi-worker training (--set train.distribute=multiworker): run the same command on every task of the TF_CONFIG
+cluster with one shared --work-dir; the chief runs the pipeline, the others train with it. Every wait (the cluster
+gathering, the chief's decision) gives up after PETPIPE_MULTIWORKER_TIMEOUT seconds (default 1800). docs/scale-out.md.
+
 Examples:
   petpipe run                                   # generate the embedded data set and run everything
   petpipe run --data-dir ~/oxford-iiit-pet      # the real download, unpacked (images/, annotations/)
@@ -123,7 +128,9 @@ def _run(args, beam_args: list[str]) -> int:
         from components.distribute import make_strategy
         from pipeline import workers
 
-        make_strategy("multiworker")  # before TensorFlow runs anything; waits for every task to start
+        with workers.joining_the_cluster(role, workers.timeout_seconds()):
+            # Before TensorFlow runs anything; waits (bounded) for every task to start.
+            make_strategy("multiworker", register_timeout_seconds=workers.timeout_seconds())
         with workers.one_line_training_errors(role):
             if not role.is_chief:
                 return workers.run_worker(config, role)

@@ -20,8 +20,9 @@ dies stops sending heartbeats to TensorFlow's coordination service, which aborts
 (10-50 s in the tests): the chief exits 2 with one line naming the task (one_line_training_errors) and pushes
 nothing; a re-run resumes every worker from the chief's last epoch checkpoint (resume_from).
 
-Not bounded here: creating the MultiWorkerMirroredStrategy waits for every task of the cluster to start, without a
-timeout (TensorFlow's default); a run's scheduler must bound that.
+Creating the MultiWorkerMirroredStrategy, at program start, waits for every task of the cluster to register with
+the coordination service on the chief; TensorFlow waits forever by default, here it gives up after the same timeout
+(components.distribute.bound_cluster_registration) and the task exits 2 with one line (joining_the_cluster).
 """
 
 from __future__ import annotations
@@ -62,15 +63,25 @@ class Role:
 
     @property
     def is_chief(self) -> bool:
-        chief_job = "chief" if self.cluster.get("chief") else "worker"
-        return (self.task_type, self.index) == (chief_job, 0)
+        return self.name == self.chief_name
+
+    @property
+    def chief_name(self) -> str:
+        return f"{self._chief_job}-0"
+
+    @property
+    def chief_address(self) -> str:
+        return self.cluster[self._chief_job][0]
+
+    @property
+    def _chief_job(self) -> str:
+        return "chief" if self.cluster.get("chief") else "worker"
 
     @property
     def others(self) -> list[str]:
         """The names of the training tasks other than the chief."""
-        chief_job = "chief" if self.cluster.get("chief") else "worker"
         names = [f"{job}-{i}" for job in TRAINING_JOBS for i in range(len(self.cluster.get(job, [])))]
-        return [name for name in names if name != f"{chief_job}-0"]
+        return [name for name in names if name != self.chief_name]
 
 
 def role_from_tf_config(text: str) -> Role:
@@ -192,6 +203,36 @@ class Coordinator:
 
 
 @contextlib.contextmanager
+def joining_the_cluster(role: Role, timeout: float) -> Iterator[None]:
+    """TensorFlow's error when the cluster did not gather within `timeout` (make_strategy's registration barrier),
+    as one PetpipeError line naming the tasks that did not join, or the chief this task could not reach."""
+    import tensorflow as tf
+
+    try:
+        yield
+    except tf.errors.DeadlineExceededError as exc:
+        raise PetpipeError(
+            f"multiworker: the cluster did not gather within {timeout:.0f} s (PETPIPE_MULTIWORKER_TIMEOUT): "
+            f"{describe_missing_tasks(str(exc.message), role)}; nothing run"
+        ) from None
+
+
+def describe_missing_tasks(message: str, role: Role) -> str:
+    """Which tasks did not join, from the chief's barrier error ("... Some timed out task names:
+    /job:worker/replica:0/task:1 ..."); a worker only learns that the chief did not answer."""
+    import re
+
+    if "timed out task names" in message:
+        listed = message.split("timed out task names", 1)[1].split("Additional GRPC error", 1)[0]
+        tasks = sorted({f"{job}-{index}" for job, index in re.findall(r"/job:(\w+)/replica:\d+/task:(\d+)", listed)})
+        if tasks:
+            return f"{', '.join(tasks)} did not start or cannot reach {role.chief_name}"
+    if role.is_chief:
+        return f"not every task registered ({message.splitlines()[0][:200] if message else 'no detail'})"
+    return f"{role.chief_name} at {role.chief_address} did not answer {role.name}"
+
+
+@contextlib.contextmanager
 def one_line_training_errors(role: Role) -> Iterator[None]:
     """TensorFlow's error when a task of the cluster is gone (a collective op or the health check fails), as one
     PetpipeError line instead of a traceback."""
@@ -215,7 +256,15 @@ def describe_cluster_error(message: str) -> str:
         tasks = sorted({f"{job}-{index}" for job, index in re.findall(r"/job:(\w+)/replica:\d+/task:(\d+)", listed)})
         if tasks:
             return f"{', '.join(tasks)} stopped (no heartbeat)"
+    # "Collective ops is aborted by: recvmsg:Connection reset by peer\nAdditional GRPC error information from
+    # remote target /job:worker/replica:0/task:1 while calling ...": the connection to that task broke.
+    remote = sorted(
+        {f"{job}-{index}" for job, index in re.findall(r"remote target /job:(\w+)/replica:\d+/task:(\d+)", message)}
+    )
     lines = [line.strip() for line in message.splitlines() if line.strip() and "Graph execution error" not in line]
+    if remote:
+        cause = next((line for line in lines if "aborted by:" in line), lines[0] if lines else "")
+        return f"{', '.join(remote)} stopped or unreachable ({cause.split('aborted by:', 1)[-1].strip()[:200]})"
     return f"a task of the cluster stopped or is unreachable: {lines[0][:300] if lines else message[:300]}"
 
 

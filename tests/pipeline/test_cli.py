@@ -8,6 +8,7 @@ from PIL import Image
 
 from pipeline.cli import main
 from tests.conftest import TINY_TRAINING, set_flags
+from tests.serving.server_process import free_port
 
 
 def _no_prism(*args, **kwargs):
@@ -150,19 +151,11 @@ class _StartOnFirstBackoff:
             self.server.stop()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_client_retries_while_the_server_is_starting(exported_model, monkeypatch):
     from serving import client
     from serving.server import start_server
 
-    port = _free_port()
+    port = free_port()
     starter = _StartOnFirstBackoff(lambda: start_server(exported_model[0], "pets", port=port))
     monkeypatch.setattr(client, "time", starter)
     try:
@@ -182,7 +175,7 @@ def test_predict_and_status_over_rest_with_retries_while_starting(exported_model
     from serving.server import start_server
 
     Image.new("RGB", (30, 20), (10, 200, 30)).save(tmp_path / "pet.png")
-    rest_port = _free_port()
+    rest_port = free_port()
     # The first REST attempt meets a refused connection; the server starts during the client's first backoff.
     starter = _StartOnFirstBackoff(lambda: start_server(exported_model[0], "pets", port=0, rest_api_port=rest_port))
     monkeypatch.setattr(client, "time", starter)

@@ -5,7 +5,6 @@ job is shaped the way it is there)."""
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +22,9 @@ from tests.pipeline.test_beam_runner import (  # noqa: F401  (fixtures)
     dirty_data,
     in_process_outputs,
 )
+from tests.serving.server_process import free_port
+
+_free_port = free_port  # TEMP until test_infer_dask imports free_port itself
 
 distributed = pytest.importorskip("distributed", reason="the dask extra (pip install -e '.[dask]') is not installed")
 
@@ -34,12 +36,6 @@ DASK = str(Path(sys.executable).with_name("dask"))
 WORKER_ENV = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONHASHSEED": "6640"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _wait_for_workers(address: str, count: int, timeout: float = 120.0) -> None:
     with distributed.Client(address, timeout=30) as client:
         client.wait_for_workers(count, timeout=timeout)  # raises TimeoutError: guards a hang only
@@ -48,7 +44,7 @@ def _wait_for_workers(address: str, count: int, timeout: float = 120.0) -> None:
 @contextlib.contextmanager
 def loopback_cluster(log_dir: Path):
     """A `dask scheduler` and two `dask worker`s (one process, one thread each) on 127.0.0.1: (address, workers)."""
-    port = _free_port()
+    port = free_port()
     address = f"tcp://127.0.0.1:{port}"
     processes: list[subprocess.Popen] = []
     try:
@@ -197,7 +193,7 @@ def test_an_unreachable_scheduler_is_a_one_line_cli_error_naming_it(dirty_data, 
     from pipeline.cli import main
 
     monkeypatch.chdir(tmp_path)
-    address = f"tcp://127.0.0.1:{_free_port()}"  # nothing listens there
+    address = f"tcp://127.0.0.1:{free_port()}"  # nothing listens there
     argv = ["run", "--data-dir", str(dirty_data.root), "--runner=DaskRunner", f"--dask_client_address={address}"]
     started = time.monotonic()
     assert main([*argv, "--dask_connection_timeout=5"]) == 2

@@ -28,17 +28,22 @@ TIMEOUT = 240  # seconds; a run takes well under a minute, the bound only keeps 
 SETTINGS = (*TINY_TRAINING, "train.distribute=multiworker", "train.batch_size=16", "data.eval_fraction=0")
 
 
-def _start_both(network, tiny_data: str, work: Path, logs: Path, attempt: str, *more: str) -> list[tuple]:
-    """Start `petpipe run` on every host at once; (process, output file) of each, in host order."""
+def _start_both(
+    network, tiny_data: str, work: Path, logs: Path, attempt: str, *more: str, only: int | None = None, timeout=120
+) -> list[tuple]:
+    """Start `petpipe run` on every host (or only on host `only`) at once; (process, output file) of each, in host
+    order."""
     cluster = {"worker": [f"{host.address}:{PORT}" for host in network]}
     started = []
     for index, host in enumerate(network):
+        if only is not None and index != only:
+            continue
         env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
         env.update(
             PYTHONPATH=str(ROOT),
             TF_CPP_MIN_LOG_LEVEL="2",
             CUDA_VISIBLE_DEVICES="",
-            PETPIPE_MULTIWORKER_TIMEOUT="120",
+            PETPIPE_MULTIWORKER_TIMEOUT=str(timeout),
             TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
         )
         output = logs / f"{attempt}-worker-{index}.log"
@@ -126,7 +131,9 @@ def test_a_worker_killed_mid_training_fails_the_chief_and_a_rerun_resumes(tiny_d
         assert code == 2, out[-4000:]
         assert detected < 120, detected  # TensorFlow's collective health check, not a hang
         last = out.strip().splitlines()[-1]
-        assert last.startswith("petpipe: error: multiworker: training failed on worker-0: worker-1 stopped"), out
+        assert last.startswith("petpipe: error: multiworker: training failed on worker-0: worker-1 stopped"), out[
+            -4000:
+        ]
         assert last.endswith("nothing pushed, a re-run resumes from the last checkpoint")
         assert not (work / "serving" / "pets").exists() or os.listdir(work / "serving" / "pets") == []
         assert not (work / "blessed").exists()
@@ -159,3 +166,24 @@ def test_a_chief_failing_before_training_tells_the_worker_which_exits_2(tiny_dat
     assert last.startswith("petpipe: error: multiworker: the chief failed: span 0: "), worker_out[-3000:]
     assert "severe anomalies, not training on it" in last
     assert not (work / "train").exists() or not any((work / "train").rglob("*.weights.h5"))
+
+
+@pytest.mark.parametrize("started", [0, 1], ids=["only-the-chief", "only-the-worker"])
+def test_a_task_that_never_joins_is_a_one_line_error_after_the_timeout(tiny_data, tmp_path, started):
+    work = tmp_path / "work"
+    with hosts(2) as network:
+        [(process, output)] = _start_both(network, tiny_data, work, tmp_path, "alone", only=started, timeout=10)
+        code, out = process.wait(timeout=TIMEOUT), output.read_text()
+        chief_address = f"{network[0].address}:{PORT}"
+    assert code == 2, out[-3000:]
+    missing = (
+        "worker-1 did not start or cannot reach worker-0"
+        if started == 0
+        else f"worker-0 at {chief_address} did not answer worker-1"
+    )
+    # TensorFlow logs its own shutdown after it (C++ logging at exit); petpipe's last word is this line.
+    assert [line for line in out.splitlines() if line.startswith("petpipe")][-1] == (
+        f"petpipe: error: multiworker: the cluster did not gather within 10 s (PETPIPE_MULTIWORKER_TIMEOUT): "
+        f"{missing}; nothing run"
+    )
+    assert not work.exists()  # nothing ran: the strategy is made before the pipeline starts

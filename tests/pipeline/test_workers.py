@@ -9,7 +9,7 @@ import pytest
 
 from common.errors import ConfigError
 from pipeline import cli
-from pipeline.workers import Role, describe_cluster_error, role_from_tf_config
+from pipeline.workers import Role, describe_cluster_error, describe_missing_tasks, role_from_tf_config
 
 WORKERS = ["10.0.0.1:2222", "10.0.0.2:2222"]
 
@@ -93,6 +93,36 @@ def test_a_collective_error_becomes_one_line_naming_the_stopped_task():
         "\t [[{{node CollectiveReduceV2}}]] on /job:worker/replica:0/task:0/device:CPU:0"
     )
     assert describe_cluster_error(message) == "worker-1 stopped (no heartbeat)"
+    # A peer that is killed can instead break a collective's connection first (seen in CI).
+    reset = (
+        "{{function_node __wrapped__CollectiveReduceV2_Nordering_token_1_device_/job:worker/replica:0/task:0/"
+        "device:CPU:0}} Collective ops is aborted by: recvmsg:Connection reset by peer\nAdditional GRPC error "
+        "information from remote target /job:worker/replica:0/task:1 while calling /tensorflow.WorkerService/RecvBuf:"
+        '\n:UNKNOWN:Error received from peer  {grpc_message:"recvmsg:Connection reset by peer", grpc_status:14}'
+    )
+    assert describe_cluster_error(reset) == "worker-1 stopped or unreachable (recvmsg:Connection reset by peer)"
     assert describe_cluster_error("Graph execution error:\n\nsocket closed\nmore") == (
         "a task of the cluster stopped or is unreachable: socket closed"
     )
+
+
+def test_a_cluster_that_does_not_gather_names_who_is_missing():
+    cluster = {"worker": WORKERS + ["10.0.0.3:2222"]}
+    chief, worker = Role("worker", 0, cluster), Role("worker", 2, cluster)
+    # The chief's registration barrier, as TensorFlow 2.21 words it (seen with a worker that never started).
+    barrier = (
+        "Barrier timed out. Id: [Init]Wait_for_all_tasks_to_register::0. This usually happens because a task "
+        "triggered the barrier too early or too slowly.\n# of tasks that reached the barrier: 1/3.\nThe first task "
+        "at the barrier: /job:worker/replica:0/task:0. Some timed out task names:\n/job:worker/replica:0/task:2\n"
+        "/job:worker/replica:0/task:1\n\nAdditional GRPC error information from remote target "
+        "/job:worker/replica:0/task:0 while calling /tensorflow.CoordinationService/RegisterTask:"
+    )
+    assert describe_missing_tasks(barrier, chief) == "worker-1, worker-2 did not start or cannot reach worker-0"
+    # A worker only sees its RegisterTask call to the chief time out.
+    assert describe_missing_tasks("Deadline Exceeded\n\nRPC: /tensorflow.CoordinationService/RegisterTask", worker) == (
+        "worker-0 at 10.0.0.1:2222 did not answer worker-2"
+    )
+    assert describe_missing_tasks("Deadline Exceeded", chief) == "not every task registered (Deadline Exceeded)"
+    with_chief_job = Role("worker", 0, {"chief": ["10.0.0.9:2222"], "worker": WORKERS})
+    assert (with_chief_job.chief_name, with_chief_job.chief_address, with_chief_job.is_chief) == (
+        "chief-0", "10.0.0.9:2222", False)  # fmt: skip

@@ -4,7 +4,6 @@ concurrent gRPC and REST clients: counts and histogram totals exact, the page pa
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from serving.server import ServeOptions, start_server
+from tests.serving.server_process import free_port
 from tests.serving.tf_serving_models import half_plus_two_tf1, model_base
 
 CLIENTS = 6
@@ -154,7 +154,7 @@ def test_metrics_page_only_where_the_monitoring_config_says(base, tmp_path):
 def test_a_malformed_monitoring_config_is_a_one_line_startup_error(base, tmp_path):
     config = _monitoring_config(tmp_path, "prometheus_config {\n  enable: maybe\n}\n")
     command = [sys.executable, "-m", "pipeline.cli", "serve", "--model_base_path", base, "--port", "0",
-               "--rest_api_port", str(_free_port()), "--monitoring_config_file", config]  # fmt: skip
+               "--rest_api_port", str(free_port()), "--monitoring_config_file", config]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert done.returncode == 2
     errors = [line for line in done.stderr.splitlines() if config in line]
@@ -162,7 +162,3 @@ def test_a_malformed_monitoring_config_is_a_one_line_startup_error(base, tmp_pat
     assert "Traceback" not in done.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
