@@ -24,8 +24,6 @@ from tests.pipeline.test_beam_runner import (  # noqa: F401  (fixtures)
 )
 from tests.serving.server_process import free_port
 
-_free_port = free_port  # TEMP until test_infer_dask imports free_port itself
-
 distributed = pytest.importorskip("distributed", reason="the dask extra (pip install -e '.[dask]') is not installed")
 
 pytestmark = pytest.mark.slow
@@ -63,6 +61,19 @@ def loopback_cluster(log_dir: Path):
                 os.killpg(process.pid, signal.SIGKILL)
         for process in processes:
             process.wait(timeout=30)
+
+
+def start_on_hosts(scheduler_host, worker_hosts, log_dir: Path) -> str:
+    """A `dask scheduler` on scheduler_host and one one-thread `dask worker` on each of worker_hosts (tests/hosts.py
+    stops them with the hosts); the scheduler's address once every worker has joined."""
+    address = f"tcp://{scheduler_host.address}:8786"
+    argv = [DASK, "scheduler", "--host", scheduler_host.address, "--port", "8786", "--no-dashboard"]
+    _popen(argv, log_dir / "scheduler.log", scheduler_host)
+    for host in worker_hosts:
+        argv = [DASK, "worker", address, "--host", host.address, "--nworkers", "1", "--nthreads", "1"]
+        _popen(argv + ["--no-dashboard"], log_dir / f"{host.name}.log", host)
+    _wait_for_workers(address, len(worker_hosts))
+    return address
 
 
 def _popen(argv, log_path: Path, host=None) -> subprocess.Popen:
@@ -175,13 +186,7 @@ def test_data_stage_on_dask_across_three_hosts_equals_the_in_process_run(
     tmp_path,
 ):
     with hosts(3) as (scheduler_host, worker_a, worker_b):
-        address = f"tcp://{scheduler_host.address}:8786"
-        argv = [DASK, "scheduler", "--host", scheduler_host.address, "--port", "8786", "--no-dashboard"]
-        _popen(argv, tmp_path / "scheduler.log", scheduler_host)
-        for host in (worker_a, worker_b):
-            argv = [DASK, "worker", address, "--host", host.address, "--nworkers", "1", "--nthreads", "1"]
-            _popen(argv + ["--no-dashboard"], tmp_path / f"{host.name}.log", host)
-        _wait_for_workers(address, 2)
+        address = start_on_hosts(scheduler_host, (worker_a, worker_b), tmp_path)
         result = _span_job(dirty_data.root, tmp_path / "work", hierarchy, schema, _dask_args(address))
         with distributed.Client(address, timeout=30) as client:
             worker_hosts = {w["host"] for w in client.scheduler_info()["workers"].values()}
