@@ -160,5 +160,3 @@ def test_a_malformed_monitoring_config_is_a_one_line_startup_error(base, tmp_pat
     errors = [line for line in done.stderr.splitlines() if config in line]
     assert len(errors) == 1 and f"{config}:2" in errors[0], done.stderr
     assert "Traceback" not in done.stderr
-
-
