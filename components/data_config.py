@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SOURCES = ("oxford", "folders", "csv", "tfds")
+IMAGE_STYLES = ("small", "photo")  # of the generated data set: datasources/synthetic_pets.py, photo_pets.py
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,7 @@ class DataConfig:
     spans: str = "latest"  # with span-<N>/ subdirectories: latest | all | N | N-M
     hierarchy: str | None = None  # label hierarchy JSON; None: schemas/hierarchy.json (Oxford-IIIT Pet)
     per_breed: int = 60  # images per breed when generating
+    image_style: str = "small"  # when generating: small (about 150 px) | photo (about 500×375, 20–100 KB JPEGs)
     seed: int = 0
     eval_fraction: float = 0.1  # share of trainval that goes to the eval split, chosen by a hash of the name
     test_fraction: float = 0.3  # for sources without a test list (folders, csv): share hashed into test
@@ -34,6 +36,10 @@ class DataConfig:
             (self.source != "tfds" or bool(self.tfds_data_dir), "data.source=tfds needs --tfds-data-dir"),
             (self.source in ("oxford", "tfds") or bool(self.data_dir), "this data.source needs --data-dir"),
             (self.per_breed >= 2, "data.per_breed must be at least 2"),
+            (
+                self.image_style in IMAGE_STYLES,
+                f"data.image_style must be one of {', '.join(IMAGE_STYLES)}; got {self.image_style!r}",
+            ),
             (0.0 <= self.eval_fraction < 1.0, "data.eval_fraction must be in [0, 1)"),
             (0.0 <= self.test_fraction < 1.0, "data.test_fraction must be in [0, 1)"),
             (self.eval_fraction + self.test_fraction < 1.0, "data.eval_fraction + test_fraction must be < 1"),

@@ -43,8 +43,9 @@ from components import fileio
 from components.export_config import ExportConfig
 from components.model import SPECIES_HEAD, breed_head, hierarchical_answer
 from components.preprocess import decode_and_resize
+from components.serving_versions import existing_versions, version_dirs_under
 from schemas import IMAGE_ENCODED, Hierarchy
-from schemas.serving_layout import WARMUP_FILE, version_dirs
+from schemas.serving_layout import WARMUP_FILE
 
 IMAGE_BYTES_INPUT = "image_bytes"
 EXAMPLES_INPUT = "examples"
@@ -159,17 +160,6 @@ class ServingModule(tf.Module):
         return self._predict_from_bytes(parsed[IMAGE_ENCODED])
 
 
-def existing_versions(model_base_path: str) -> list[int]:
-    """The version numbers under a model base path, ascending (TF Serving's notion of versions)."""
-    return list(_version_dirs(model_base_path))
-
-
-def _version_dirs(model_base_path: str) -> dict[int, str]:
-    if not tf.io.gfile.isdir(model_base_path):
-        return {}
-    return version_dirs(tf.io.gfile.listdir(model_base_path))
-
-
 MODELS_CONFIG = "models.config"
 
 
@@ -230,7 +220,7 @@ def write_model_config(serving_dir: str, model_name: str, model_base_path: str) 
 def apply_retention(serving_dir: str, model_name: str, model_base_path: str, keep: int) -> list[int]:
     """Delete all but the newest `keep` versions — never the newest (served) one nor one a version label in
     models.config points at. Returns the deleted versions. keep=0 keeps everything."""
-    dirs = _version_dirs(model_base_path)
+    dirs = version_dirs_under(model_base_path)
     versions = list(dirs)
     if keep <= 0 or len(versions) <= keep:
         return []

@@ -12,6 +12,9 @@ Local paths behave exactly as with the os functions these replace:
 
 Object stores (gs://, s3://) have no directories and no atomic rename: see components/export.py for what that means
 for claiming a model version.
+
+TensorFlow is imported only when a URL is used (or a gfile error is handled): local paths go straight to the os
+functions, so a run that only checks its caches ("nothing to do") does not spend seconds importing TensorFlow.
 """
 
 from __future__ import annotations
@@ -22,7 +25,18 @@ import io
 import os
 from collections.abc import Callable, Iterator
 
-import tensorflow as tf
+
+class _TensorFlowOnFirstUse:
+    """`tf.x` imports TensorFlow at the first attribute used (an `except tf.errors.OpError` clause is evaluated only
+    when an exception reaches it)."""
+
+    def __getattr__(self, name: str):
+        import tensorflow
+
+        return getattr(tensorflow, name)
+
+
+tf = _TensorFlowOnFirstUse()
 
 
 def is_remote(path: str) -> bool:
@@ -35,17 +49,15 @@ def absolute(path: str) -> str:
     return path if is_remote(path) else os.path.abspath(path)
 
 
-_ERRNO = {
-    tf.errors.NotFoundError: errno.ENOENT,
-    tf.errors.PermissionDeniedError: errno.EACCES,
-    tf.errors.AlreadyExistsError: errno.EEXIST,
-}
-
-
-def os_error(exc: tf.errors.OpError, path: str) -> OSError:
-    """The OSError for a gfile error on `path`: FileNotFoundError, PermissionError, FileExistsError or
-    IsADirectoryError with the usual strerror, else OSError(EIO) carrying gfile's message."""
-    code = _ERRNO.get(type(exc))
+def os_error(exc, path: str) -> OSError:
+    """The OSError for a gfile error (a tf.errors.OpError) on `path`: FileNotFoundError, PermissionError,
+    FileExistsError or IsADirectoryError with the usual strerror, else OSError(EIO) carrying gfile's message."""
+    errnos = {
+        tf.errors.NotFoundError: errno.ENOENT,
+        tf.errors.PermissionDeniedError: errno.EACCES,
+        tf.errors.AlreadyExistsError: errno.EEXIST,
+    }
+    code = errnos.get(type(exc))
     message = exc.message
     prefix = f"{path}; "
     detail = message[len(prefix) :] if message.startswith(prefix) else message
@@ -66,11 +78,18 @@ def os_errors(path: str):
 
 
 def read_bytes(path: str) -> bytes:
+    if not is_remote(path):
+        with open(path, "rb") as f:
+            return f.read()
     with os_errors(path), tf.io.gfile.GFile(path, "rb") as f:
         return f.read()
 
 
 def write_bytes(path: str, data: bytes) -> None:
+    if not is_remote(path):
+        with open(path, "wb") as f:
+            f.write(data)
+        return
     with os_errors(path), tf.io.gfile.GFile(path, "wb") as f:
         f.write(data)
 
@@ -81,7 +100,10 @@ def write_text(path: str, text: str) -> None:
 
 
 def replace(src: str, dst: str) -> None:
-    """os.replace through gfile: atomic for local paths (rename(2)); a copy then delete on object stores."""
+    """os.replace, through gfile for URLs: atomic for local paths (rename(2)); a copy then delete on object stores."""
+    if not is_remote(src) and not is_remote(dst):
+        os.replace(src, dst)
+        return
     with os_errors(src):
         tf.io.gfile.rename(src, dst, overwrite=True)
 
@@ -113,19 +135,51 @@ class _GFileReader(io.RawIOBase):
         super().close()
 
 
+def open_binary(path: str) -> io.BufferedIOBase:
+    """open(path, "rb"), through gfile for URLs."""
+    return open(path, "rb") if not is_remote(path) else io.BufferedReader(_GFileReader(path))
+
+
 def open_text(path: str, encoding: str = "utf-8", errors: str = "strict", newline: str | None = None) -> io.TextIOBase:
     """open(path, encoding=..., errors=..., newline=...) for reading, through gfile; streams (decodes in chunks
     as open() does), and raises OSError at once when the file cannot be opened."""
     return io.TextIOWrapper(io.BufferedReader(_GFileReader(path)), encoding=encoding, errors=errors, newline=newline)
 
 
+def makedirs(path: str) -> None:
+    """os.makedirs(path, exist_ok=True), through gfile for URLs."""
+    if not is_remote(path):
+        os.makedirs(path, exist_ok=True)
+        return
+    with os_errors(path):
+        tf.io.gfile.makedirs(path)
+
+
+def exists(path: str) -> bool:
+    return os.path.exists(path) if not is_remote(path) else tf.io.gfile.exists(path)
+
+
+def isdir(path: str) -> bool:
+    return os.path.isdir(path) if not is_remote(path) else tf.io.gfile.isdir(path)
+
+
 def isfile(path: str) -> bool:
-    return tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path)
+    return exists(path) and not isdir(path)
 
 
 def getsize(path: str) -> int:
+    return size_and_mtime(path)[0]
+
+
+def size_and_mtime(path: str) -> tuple[int, int]:
+    """(size in bytes, modification time in ns) of a file, as gfile's stat gives them: for local files gfile keeps
+    whole seconds of the modification time, and so does this (fingerprints made either way stay equal)."""
+    if not is_remote(path):
+        stat = os.stat(path)
+        return stat.st_size, stat.st_mtime_ns // 10**9 * 10**9
     with os_errors(path):
-        return tf.io.gfile.stat(path).length
+        stat = tf.io.gfile.stat(path)
+    return stat.length, stat.mtime_nsec
 
 
 def rmtree(path: str, ignore_errors: bool = False) -> None:
@@ -146,11 +200,13 @@ def listdir(path: str) -> list[str]:
         return [name.rstrip("/") for name in tf.io.gfile.listdir(path)]
 
 
-def walk(top: str, onerror: Callable[[OSError], None] | None = None) -> Iterator[tuple[str, list[str], list[str]]]:
+def walk(
+    top: str, onerror: Callable[[OSError], None] | None = None, followlinks: bool = False
+) -> Iterator[tuple[str, list[str], list[str]]]:
     """os.walk (top-down; sorting the yielded directory list in place orders the descent); URLs through gfile,
-    with an unlistable directory passed to `onerror` as an OSError and skipped."""
+    with an unlistable directory passed to `onerror` as an OSError and skipped (gfile always follows links)."""
     if not is_remote(top):
-        yield from os.walk(top, onerror=onerror)
+        yield from os.walk(top, onerror=onerror, followlinks=followlinks)
         return
     try:
         names = listdir(top)
@@ -164,4 +220,4 @@ def walk(top: str, onerror: Callable[[OSError], None] | None = None) -> Iterator
         return
     yield top, dirnames, filenames
     for name in dirnames:
-        yield from walk(os.path.join(top, name), onerror)
+        yield from walk(os.path.join(top, name), onerror, followlinks)

@@ -31,10 +31,8 @@ import apache_beam as beam
 from common.errors import DataError
 from components import records as rec
 from components.records import Provenance, Quarantined, Rejected, SourceRecord
-from schemas import Hierarchy
+from schemas import EVAL, SPLITS, TEST, TRAIN, Hierarchy  # noqa: F401  (the split names, re-exported)
 
-TRAIN, EVAL, TEST = "train", "eval", "test"
-SPLITS = (TRAIN, EVAL, TEST)
 TRAINVAL = "trainval"
 # Oxford annotation file → the split hint its records carry.
 ANNOTATION_FILES = {"trainval.txt": TRAINVAL, "test.txt": TEST}

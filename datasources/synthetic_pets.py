@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import math
+import multiprocessing
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,33 +95,9 @@ def _triangle(u, v, a, b, c):
     return ~(has_neg & has_pos)
 
 
-def render_pet(breed: Breed, look: BreedLook, rng: np.random.Generator) -> np.ndarray:
-    """One RGB uint8 image of `breed`, with random size, pose, background, lighting and noise."""
-    width, height = (int(x) for x in rng.integers(96, 208, size=2))
-    side = min(width, height)
-    radius = rng.uniform(0.24, 0.34) * side
-    margin = 1.25 * radius
-    cx = rng.uniform(margin, max(margin, width - margin)) if width > 2 * margin else width / 2
-    cy = rng.uniform(margin * 1.2, max(margin * 1.2, height - margin)) if height > 2.2 * margin else height / 2
-    angle = rng.uniform(-0.45, 0.45)
-
-    # Background: a two-colour gradient in a random direction plus soft blobs.
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    c0, c1 = rng.uniform(30, 230, size=(2, 3))
-    theta = rng.uniform(0, 2 * math.pi)
-    t = ((x * math.cos(theta) + y * math.sin(theta)) / (width + height) + 0.5)[..., None]
-    image = c0 * (1 - t) + c1 * t
-    for _ in range(int(rng.integers(1, 4))):
-        bx, by, br = rng.uniform(0, width), rng.uniform(0, height), rng.uniform(0.1, 0.4) * side
-        blob = np.exp(-((x - bx) ** 2 + (y - by) ** 2) / (2 * br**2))[..., None]
-        image = image * (1 - 0.5 * blob) + rng.uniform(30, 230, size=3) * 0.5 * blob
-
-    # Head coordinates: unit radius, rotated with the head, v grows downwards.
-    cos_a, sin_a = math.cos(angle), math.sin(angle)
-    dx, dy = (x - cx) / radius, (y - cy) / radius
-    u = cos_a * dx + sin_a * dy
-    v = -sin_a * dx + cos_a * dy
-
+def paint_pet(image: np.ndarray, u: np.ndarray, v: np.ndarray, breed: Breed, look: BreedLook, rng) -> np.ndarray:
+    """Paint the head of `breed` into float `image` (H, W, 3) in place; `u`, `v` are head coordinates (unit radius,
+    rotated with the head, v down). Returns the fur mask (head and ears)."""
     coat = np.array(COATS[look.coat], np.float32) * rng.uniform(0.92, 1.08, size=3)
     dark = coat * 0.42
     light = np.minimum(coat * 0.35 + 170, 250)
@@ -173,6 +150,43 @@ def render_pet(breed: Breed, look: BreedLook, rng: np.random.Generator) -> np.nd
     for sgn in (-1, 1):
         image[_ellipse(u, v, sgn * 0.38 * aspect, -0.15, 0.12, 0.12)] = (18, 18, 18)
         image[_ellipse(u, v, sgn * 0.38 * aspect + 0.04, -0.19, 0.035, 0.035)] = (240, 240, 240)
+    return fur
+
+
+def backdrop(rng: np.random.Generator, width: int, height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A background (float, H×W×3): a two-colour gradient in a random direction plus soft blobs; with the pixel
+    coordinate grids x, y."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    c0, c1 = rng.uniform(30, 230, size=(2, 3))
+    theta = rng.uniform(0, 2 * math.pi)
+    t = ((x * math.cos(theta) + y * math.sin(theta)) / (width + height) + 0.5)[..., None]
+    image = c0 * (1 - t) + c1 * t
+    for _ in range(int(rng.integers(1, 4))):
+        bx, by, br = rng.uniform(0, width), rng.uniform(0, height), rng.uniform(0.1, 0.4) * min(width, height)
+        blob = np.exp(-((x - bx) ** 2 + (y - by) ** 2) / (2 * br**2))[..., None]
+        image = image * (1 - 0.5 * blob) + rng.uniform(30, 230, size=3) * 0.5 * blob
+    return image, x, y
+
+
+def render_pet(breed: Breed, look: BreedLook, rng: np.random.Generator) -> np.ndarray:
+    """One RGB uint8 image of `breed`, with random size, pose, background, lighting and noise."""
+    width, height = (int(x) for x in rng.integers(96, 208, size=2))
+    side = min(width, height)
+    radius = rng.uniform(0.24, 0.34) * side
+    margin = 1.25 * radius
+    cx = rng.uniform(margin, max(margin, width - margin)) if width > 2 * margin else width / 2
+    cy = rng.uniform(margin * 1.2, max(margin * 1.2, height - margin)) if height > 2.2 * margin else height / 2
+    angle = rng.uniform(-0.45, 0.45)
+
+    image, x, y = backdrop(rng, width, height)
+
+    # Head coordinates: unit radius, rotated with the head, v grows downwards.
+    cos_a, sin_a = math.cos(angle), math.sin(angle)
+    dx, dy = (x - cx) / radius, (y - cy) / radius
+    u = cos_a * dx + sin_a * dy
+    v = -sin_a * dx + cos_a * dy
+
+    paint_pet(image, u, v, breed, look, rng)
 
     # Camera: lighting, colour cast and sensor noise.
     image = image * rng.uniform(0.75, 1.2) * rng.uniform(0.93, 1.07, size=3)
@@ -217,6 +231,36 @@ def image_rng(seed: int, annotation: Annotation) -> np.random.Generator:
     return np.random.default_rng([seed, annotation.class_id, number])
 
 
+IMAGE_STYLES = ("small", "photo")
+PARALLEL_MIN_IMAGES = 300  # below this, starting worker processes costs more than it saves
+
+
+def small_jpeg(breed: Breed, look: BreedLook, rng: np.random.Generator) -> bytes:
+    """The JPEG file of one small-style image (about 100–200 px, JPEG quality 55–95)."""
+    pixels = render_pet(breed, look, rng)
+    return encode_jpeg(pixels, quality=int(rng.integers(55, 96)))
+
+
+def pet_jpeg(style: str, breed: Breed, look: BreedLook, rng: np.random.Generator) -> bytes:
+    if style == "photo":
+        from datasources.photo_pets import photo_jpeg  # it builds on this module
+
+        return photo_jpeg(breed, look, rng)
+    return small_jpeg(breed, look, rng)
+
+
+def _write_image(job: tuple) -> None:
+    """Render and write one image; a job is picklable, for worker processes."""
+    images_dir, style, seed, breed, look, annotation = job
+    jpeg = pet_jpeg(style, breed, look, image_rng(seed, annotation))
+    (images_dir / f"{annotation.image}.jpg").write_bytes(jpeg)
+
+
+def default_processes(n_images: int) -> int:
+    """All usable cores for a data set big enough to pay for starting the workers, else 1."""
+    return len(os.sched_getaffinity(0)) if n_images >= PARALLEL_MIN_IMAGES else 1
+
+
 def write_synthetic_pets(
     out_dir: str | os.PathLike,
     per_breed: int = 60,
@@ -224,13 +268,19 @@ def write_synthetic_pets(
     test_fraction: float = 0.3,
     hierarchy: Hierarchy | None = None,
     progress=None,
+    style: str = "small",
+    processes: int | None = None,
 ) -> dict[str, int]:
     """Write images/ and annotations/{list,trainval,test}.txt under `out_dir`; returns counts per split.
 
+    `style` is "small" (about 150 px) or "photo" (real photo size and file size, see photo_pets.py). `processes`
+    worker processes render the images (None: default_processes); the bytes are the same whatever the number.
     `progress(done, total)` is called as images are written.
     """
     if per_breed < 2:
         raise ValueError("per_breed must be at least 2 (one trainval and one test image per breed)")
+    if style not in IMAGE_STYLES:
+        raise ValueError(f"image style must be one of {', '.join(IMAGE_STYLES)}; got {style!r}")
     hierarchy = hierarchy or load_hierarchy()
     looks = breed_looks(hierarchy)
     out = Path(out_dir)
@@ -238,14 +288,23 @@ def write_synthetic_pets(
     (out / "annotations").mkdir(parents=True, exist_ok=True)
     trainval, test = plan(hierarchy, per_breed, test_fraction)
     everything = sorted(trainval + test, key=lambda a: (a.class_id, int(a.image.rsplit("_", 1)[1])))
-    for done, annotation in enumerate(everything, 1):
-        rng = image_rng(seed, annotation)
-        breed = hierarchy.breeds[annotation.class_id - 1]
-        pixels = render_pet(breed, looks[breed.name], rng)
-        jpeg = encode_jpeg(pixels, quality=int(rng.integers(55, 96)))
-        (out / "images" / f"{annotation.image}.jpg").write_bytes(jpeg)
-        if progress:
-            progress(done, len(everything))
+    jobs = [
+        (out / "images", style, seed, breed, looks[breed.name], annotation)
+        for annotation in everything
+        for breed in [hierarchy.breeds[annotation.class_id - 1]]
+    ]
+    processes = default_processes(len(jobs)) if processes is None else processes
+    if processes > 1:
+        # spawn, not fork: `petpipe run` may have TensorFlow's threads running in this process.
+        with multiprocessing.get_context("spawn").Pool(processes) as pool:
+            for done, _ in enumerate(pool.imap(_write_image, jobs, chunksize=16), 1):
+                if progress:
+                    progress(done, len(jobs))
+    else:
+        for done, job in enumerate(jobs, 1):
+            _write_image(job)
+            if progress:
+                progress(done, len(jobs))
     (out / "annotations" / "list.txt").write_text(LIST_HEADER + "".join(a.line() for a in everything))
     (out / "annotations" / "trainval.txt").write_text("".join(a.line() for a in trainval))
     (out / "annotations" / "test.txt").write_text("".join(a.line() for a in test))

@@ -93,7 +93,12 @@ def _make_data(args) -> int:
     from pipeline.stages.data import progress_logger
 
     counts = write_synthetic_pets(
-        args.out, per_breed=args.per_breed, seed=args.seed, progress=progress_logger("make-data")
+        args.out,
+        per_breed=args.per_breed,
+        seed=args.seed,
+        progress=progress_logger("make-data"),
+        style="photo" if args.photo else "small",
+        processes=args.processes,
     )
     print(f"wrote {counts['trainval']} trainval and {counts['test']} test images to {args.out}")
     return 0
@@ -236,6 +241,20 @@ def build_parser() -> argparse.ArgumentParser:
     make_data.add_argument("--out", required=True, help="output directory (images/, annotations/)")
     make_data.add_argument("--per-breed", type=int, default=60, help="images per breed (default 60; 37 breeds)")
     make_data.add_argument("--seed", type=int, default=0, help="random seed; same seed, same files")
+    make_data.add_argument(
+        "--photo",
+        action="store_true",
+        help="photo-scale images like the real Oxford-IIIT Pet: long side 300-500 px, 20-100 KB JPEGs (median about"
+        " 45 KB) with fur texture, background clutter and sensor noise, same breed cues; costly to decode, as real"
+        " photos are (default: small images of about 150 px; `petpipe run` takes --set data.image_style=photo)",
+    )
+    make_data.add_argument(
+        "--processes",
+        type=int,
+        default=None,
+        help="worker processes that render images (default: all cores from 300 images up, else 1); the files are"
+        " the same whatever the number",
+    )
 
     run = commands.add_parser(
         "run",

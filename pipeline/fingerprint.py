@@ -1,6 +1,6 @@
 """Fingerprints that key the cache: of input trees (names, sizes, modification times), of output trees (names and
 sizes: they are written once, atomically), of single files (content), and of configuration sections.
-Everything goes through tf.io.gfile, so gs:// and s3:// paths work."""
+Everything goes through components/fileio, so gs:// and s3:// paths work (and local paths need no TensorFlow)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import hashlib
 import json
 import posixpath
 
-import tensorflow as tf
+from components import fileio
 
 
 def _digest(value) -> str:
@@ -23,25 +23,26 @@ def of_value(value) -> str:
 def of_tree(root: str, with_times: bool = True) -> str:
     """Every file under `root`: relative name, size and (for inputs) modification time. A file or an absent path
     is fingerprinted as such."""
-    if not tf.io.gfile.exists(root):
+    if not fileio.exists(root):
         return _digest(["absent", root])
-    if not tf.io.gfile.isdir(root):
-        stat = tf.io.gfile.stat(root)
-        return _digest([posixpath.basename(root), stat.length, stat.mtime_nsec if with_times else 0])
+    if not fileio.isdir(root):
+        size, mtime = fileio.size_and_mtime(root)
+        return _digest([posixpath.basename(root), size, mtime if with_times else 0])
     entries = []
-    for directory, _, files in tf.io.gfile.walk(root):
+    # Symlinked directories are followed, as gfile's walk does (the fingerprints of earlier runs stay valid).
+    for directory, _, files in fileio.walk(root, followlinks=True):
         for name in files:
             path = posixpath.join(directory, name)
-            stat = tf.io.gfile.stat(path)
+            size, mtime = fileio.size_and_mtime(path)
             relative = path[len(root) :].lstrip("/")
-            entries.append((relative, stat.length, stat.mtime_nsec if with_times else 0))
+            entries.append((relative, size, mtime if with_times else 0))
     return _digest(sorted(entries))
 
 
 def of_file(path: str) -> str:
     """The content of one file (a model's weights)."""
     digest = hashlib.sha256()
-    with tf.io.gfile.GFile(path, "rb") as f:
+    with fileio.open_binary(path) as f:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()

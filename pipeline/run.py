@@ -7,6 +7,7 @@ store's decisions), and records the run.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -64,11 +65,14 @@ def _run_stages(config: PipelineConfig, beam_args, summary: RunSummary, tracker,
         summary.seconds[stage] = time.monotonic() - start
         return result
 
-    evaluate.check_gate_settings(config, hierarchy)  # both before hours of work
+    # The gate's metric names are checked before any work is computed (generating data, a span's Beam job,
+    # training), not before a run that only finds it has nothing to do: the check imports TensorFlow.
+    check_gate_settings = functools.cache(lambda: evaluate.check_gate_settings(config, hierarchy))
     export.check_serving_dir(config.model_base_path)
-    summary.data_dir = timed("make-data", data.ensure_data, config.data, config.work_dir, hierarchy)
+    summary.data_dir = timed("make-data", data.ensure_data, config.data, config.work_dir, hierarchy,
+                             check_gate_settings)  # fmt: skip
     summary.spans = timed("ingest+preprocess", data.ingest_spans, config, summary.data_dir, hierarchy, schema,
-                          beam_args, tracker)  # fmt: skip
+                          beam_args, tracker, check_gate_settings)  # fmt: skip
     for span in summary.spans:
         log.info("span %d: written %s, quarantined %s", span.span, span.written, span.quarantined)
 
@@ -81,6 +85,7 @@ def _run_stages(config: PipelineConfig, beam_args, summary: RunSummary, tracker,
         if coordinator:
             coordinator.stop(reason)
         return
+    check_gate_settings()
     summary.run_dir = os.path.join(config.work_dir, "runs", time.strftime("%Y%m%d-%H%M%S"))
     os.makedirs(summary.run_dir, exist_ok=True)
     if coordinator:
@@ -149,7 +154,7 @@ def decision_key_of(config: PipelineConfig, hierarchy, window_fingerprints: list
 
 def nothing_to_do(config: PipelineConfig, tracker, decision_key: str) -> str | None:
     """Why this run can stop now (the same decision was taken, and what it led to still holds), or None."""
-    from components.export import existing_versions
+    from components.serving_versions import existing_versions
 
     decided = tracker.completed("evaluate", decision_key)
     if decided is None:

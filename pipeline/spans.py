@@ -9,8 +9,6 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 
-import tensorflow as tf
-
 from common.errors import ConfigError, DataError
 from components import fileio
 
@@ -38,7 +36,7 @@ class SpanResult:
 
 def available_spans(input_base: str) -> list[int]:
     """Span numbers of the `span-<N>` subdirectories of `input_base`; [] when it has none (or is a file)."""
-    if not tf.io.gfile.isdir(input_base):
+    if not fileio.isdir(input_base):
         return []
     return sorted(int(m.group(1)) for name in fileio.listdir(input_base) if (m := SPAN_DIR.match(name.rstrip("/"))))
 

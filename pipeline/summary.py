@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from components.ingest import SPLITS
+from schemas import SPLITS
 
 
 @dataclass

@@ -18,6 +18,9 @@ IMAGE_FILENAME = "image/filename"
 LABEL_SPECIES = "label/species"
 LABEL_BREED = "label/breed"
 NOT_THIS_SPECIES = -1
+# The splits a span is written in (<span>/<split>/*.tfrecord.gz).
+TRAIN, EVAL, TEST = "train", "eval", "test"
+SPLITS = (TRAIN, EVAL, TEST)
 
 
 def breed_feature(species: str) -> str:

@@ -16,13 +16,11 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict
-
-import tensorflow as tf
 
 from common.errors import ConfigError, DataError, DataThresholdError, ValidationError
 from components import fileio
-from components.ingest import SPLITS
 from pipeline.config import DataConfig, PipelineConfig, to_dict
 from pipeline.spans import (
     SpanResult,
@@ -34,7 +32,7 @@ from pipeline.spans import (
     select_spans,
 )
 from pipeline.store import Tracker
-from schemas import Hierarchy, write_schema
+from schemas import SPLITS, Hierarchy, write_schema
 
 log = logging.getLogger("petpipe")
 GENERATED_MARKER = ".petpipe-generated.json"
@@ -42,24 +40,35 @@ BASELINE_STATISTICS = "baseline_statistics.json"
 
 
 # --- make-data ---------------------------------------------------------------------------------------------------
-def ensure_data(config: DataConfig, work_dir: str, hierarchy: Hierarchy) -> str | None:
-    """The data to ingest: the configured directory (None for TFDS), or the embedded data set, generated once."""
+def ensure_data(
+    config: DataConfig, work_dir: str, hierarchy: Hierarchy, before_computing: Callable[[], None] = lambda: None
+) -> str | None:
+    """The data to ingest: the configured directory (None for TFDS), or the embedded data set, generated once
+    (`before_computing` is called first: checks that must fail before minutes of work)."""
     if config.data_dir or config.source != "oxford":
         return config.data_dir
     from datasources.synthetic_pets import write_synthetic_pets
 
     data_dir = os.path.join(work_dir, "data")
     wanted = {"per_breed": config.per_breed, "seed": config.seed, "breeds": hierarchy.breed_names}
+    if config.image_style != "small":  # absent for the default: markers written before the key existed still match
+        wanted["image_style"] = config.image_style
     marker = os.path.join(data_dir, GENERATED_MARKER)
     if os.path.exists(marker):
         with open(marker) as f:
             if json.load(f) == wanted:
                 log.info("make-data: reusing the generated data set in %s", data_dir)
                 return data_dir
+    before_computing()
     shutil.rmtree(data_dir, ignore_errors=True)
-    log.info("make-data: generating %d images per breed into %s", config.per_breed, data_dir)
+    log.info("make-data: generating %d %s images per breed into %s", config.per_breed, config.image_style, data_dir)
     counts = write_synthetic_pets(
-        data_dir, config.per_breed, config.seed, hierarchy=hierarchy, progress=progress_logger("make-data")
+        data_dir,
+        config.per_breed,
+        config.seed,
+        hierarchy=hierarchy,
+        progress=progress_logger("make-data"),
+        style=config.image_style,
     )
     with open(marker, "w") as f:
         json.dump(wanted, f)
@@ -109,11 +118,11 @@ def _read_source(pipeline, data: DataConfig, data_dir: str | None, flat_map=None
         listing = pipeline | "ListImages" >> beam.Create(ingest.image_stems(images_dir))
         return parsed, listing
     if data.source == "folders":
-        if not tf.io.gfile.isdir(data_dir):
+        if not fileio.isdir(data_dir):
             raise DataError(f"{data_dir}: class-folder root not found (expected <species>/<breed>/*.jpg)")
         return pipeline | "Root" >> beam.Create([data_dir]) | "ListFolders" >> flat_map(_folder_records), None
     if data.source == "csv":
-        manifest = os.path.join(data_dir, "manifest.csv") if tf.io.gfile.isdir(data_dir) else data_dir
+        manifest = os.path.join(data_dir, "manifest.csv") if fileio.isdir(data_dir) else data_dir
         if not fileio.isfile(manifest):
             raise DataError(f"{manifest}: CSV manifest not found (columns path,species,breed)")
         return pipeline | "Manifest" >> beam.Create([manifest]) | "ReadManifest" >> flat_map(
@@ -210,6 +219,8 @@ def run_span_job(
     # Atomic on a local disk; on an object store a directory rename copies object by object — spans.json, which
     # only lists a span after this and its checks, is what makes the span visible to training either way.
     if fileio.is_remote(out_dir):
+        import tensorflow as tf
+
         tf.io.gfile.rename(staging, out_dir)
     else:
         os.rename(staging, out_dir)
@@ -272,9 +283,11 @@ def ingest_spans(
     schema,
     beam_args,
     tracker: Tracker | None = None,
+    before_computing: Callable[[], None] = lambda: None,
 ) -> list[SpanResult]:
     """Run the data stage for every selected span; each must pass its checks before it is recorded. A span whose
-    input files and settings match a completed execution in the run store is reused, not recomputed."""
+    input files and settings match a completed execution in the run store is reused, not recomputed
+    (`before_computing` is called before the first span that is not)."""
     from pipeline import fingerprint
 
     tracker = tracker or Tracker()
@@ -294,6 +307,7 @@ def ingest_spans(
         with tracker.execution("ingest", key, inputs, config_hash, [input_artifact]) as execution:
             result = _reused_span(tracker.completed("ingest", key), execution, config)
             if result is None:
+                before_computing()
                 result = _ingest_span(config, span, span_input, hierarchy, schema, beam_args)
                 output_fingerprint = fingerprint.of_tree(result.tfrecord_dir, with_times=False)
                 execution.outputs = {"span_result": asdict(result), "fingerprint": output_fingerprint}
@@ -354,10 +368,9 @@ def _ingest_span(config: PipelineConfig, span: int, span_input, hierarchy: Hiera
             f"span {span}: {len(severe)} severe anomalies, not training on it: {severe[0].message}"
             f" (all in {os.path.join(result.tfrecord_dir, 'validation.json')})"
         )
-    tf.io.gfile.copy(
-        os.path.join(result.tfrecord_dir, "statistics.json"),
+    fileio.write_bytes(
         os.path.join(config.work_dir, BASELINE_STATISTICS),
-        overwrite=True,
+        fileio.read_bytes(os.path.join(result.tfrecord_dir, "statistics.json")),
     )
     record_span(config.work_dir, result, config.data.source)
     return result

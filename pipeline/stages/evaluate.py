@@ -57,9 +57,9 @@ def run_evaluate_stage(
     from components import fileio
     from components.bless import bless, evaluate_served
     from components.evaluate import evaluate_model, metric_value
-    from components.export import existing_versions
     from components.preprocess import split_pattern
     from components.report import write_run_report
+    from components.serving_versions import existing_versions
     from components.train import labelled_batches, tfrecord_files
 
     top_k, threshold = config.export.top_k, config.export.species_uncertainty_threshold

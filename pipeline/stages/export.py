@@ -26,14 +26,12 @@ class PushedVersion:
 def check_serving_dir(model_base_path: str) -> None:
     """Fail before any work when the serving directory cannot be written: a scheduled run should not train for an
     hour to find out."""
-    import tensorflow as tf
+    from components import fileio
 
     try:
-        tf.io.gfile.makedirs(model_base_path)
-    except (tf.errors.OpError, OSError) as exc:
-        raise PetpipeError(
-            f"{model_base_path}: cannot create the model directory: {getattr(exc, 'message', exc)}"
-        ) from None
+        fileio.makedirs(model_base_path)
+    except OSError as exc:
+        raise PetpipeError(f"{model_base_path}: cannot create the model directory: {exc}") from None
     if "://" not in model_base_path and not os.access(model_base_path, os.W_OK):
         raise PetpipeError(f"{model_base_path}: the model directory is not writable by this user")
 
@@ -56,7 +54,7 @@ def version_of_model(model_base_path: str, model_fingerprint: str) -> int | None
     """The version whose export metadata names this model fingerprint, if any."""
     import tensorflow as tf
 
-    from components.export import existing_versions
+    from components.serving_versions import existing_versions
 
     for version in reversed(existing_versions(model_base_path)):
         path = os.path.join(model_base_path, str(version), "assets.extra", "petpipe.json")

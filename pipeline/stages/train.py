@@ -31,10 +31,10 @@ def blessed_weights_path(config: PipelineConfig) -> str:
 
 
 def warm_start_weights(config: PipelineConfig) -> str | None:
-    import tensorflow as tf
+    from components import fileio
 
     path = blessed_weights_path(config)
-    return path if config.train.warm_start and tf.io.gfile.exists(path) else None
+    return path if config.train.warm_start and fileio.exists(path) else None
 
 
 def build_model(config: PipelineConfig, hierarchy: Hierarchy):
