@@ -22,6 +22,7 @@ as a local path; TensorFlow is imported only when a file is read.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from dataclasses import dataclass
@@ -222,8 +223,15 @@ def read_image_bytes(record: SourceRecord) -> bytes:
 
 
 # --- Beam shell ------------------------------------------------------------------------------------------------
+@functools.cache
+def counter(namespace: str, name: str):
+    """Beam's counter object, made once per name: making one costs more than the rest of counting an element (the
+    object looks up the running step's metrics container at each inc, so one object serves every bundle)."""
+    return beam.metrics.Metrics.counter(namespace, name)
+
+
 def count(name: str, by: int = 1) -> None:
-    beam.metrics.Metrics.counter("ingest", name).inc(by)
+    counter("ingest", name).inc(by)
 
 
 READ_REASONS = {rec.MISSING_FILE, rec.UNREADABLE_FILE, rec.EMPTY_FILE}

@@ -19,13 +19,15 @@ import contextlib
 import logging
 import os
 import re
+import zlib
 from dataclasses import dataclass
 
 import apache_beam as beam
 import tensorflow as tf
 
+from components import fileio
 from components.image_check import check_image, classify_decode_error
-from components.ingest import QUARANTINE, SPLITS, LabelledImage
+from components.ingest import QUARANTINE, SPLITS, LabelledImage, counter
 from components.records import STAGE_DECODE, Provenance, Quarantined, Rejected
 from schemas import (
     IMAGE_ENCODED,
@@ -222,7 +224,7 @@ class EncodeExampleFn(beam.DoFn):
                 )
                 yield beam.pvalue.TaggedOutput(QUARANTINE, entry)
                 continue
-            beam.metrics.Metrics.counter("preprocess", f"written_{item.split}").inc()
+            counter("preprocess", f"written_{item.split}").inc()
             yield outcome
 
 
@@ -258,12 +260,34 @@ class EncodeExamples(beam.PTransform):
         return {"examples": encoded.examples, QUARANTINE: encoded[QUARANTINE]}
 
 
-def _by_split(item, num_partitions: int) -> int:
-    return SPLITS.index(item.split)
+def shard_path(tfrecord_dir: str, split: str, shard: int, num_shards: int) -> str:
+    """`<tfrecord_dir>/<split>/<split>-SSSSS-of-NNNNN.tfrecord.gz`, as Beam's file sinks name shards."""
+    return f"{split_prefix(tfrecord_dir, split)}-{shard:05d}-of-{num_shards:05d}{TFRECORD_SUFFIX}"
+
+
+def shard_key(example: EncodedExample, num_shards: int) -> tuple[int, int]:
+    """(split index, shard): from the record's bytes (crc32, the same in every worker process, unlike hash())."""
+    return SPLITS.index(example.split), zlib.crc32(example.serialized) % num_shards
+
+
+def write_tfrecords(path: str, serialized) -> None:
+    """One GZIP TFRecord file of the records (TensorFlow's writer: checksums and compression in C++)."""
+    fileio.makedirs(os.path.dirname(path))
+    with tf.io.TFRecordWriter(path, options="GZIP") as writer:
+        for record in serialized:
+            writer.write(record)
+
+
+def write_lines(path: str, lines) -> None:
+    fileio.makedirs(os.path.dirname(path))
+    fileio.write_text(path, "".join(line + "\n" for line in lines))
 
 
 class WriteSplits(beam.PTransform):
-    """EncodedExample → GZIP TFRecord shards `<tfrecord_dir>/<split>/<split>-SSSSS-of-NNNNN.tfrecord.gz`."""
+    """EncodedExample → GZIP TFRecord shards `<tfrecord_dir>/<split>/<split>-SSSSS-of-NNNNN.tfrecord.gz`, every shard
+    of every split written (empty ones too, as Beam's sinks do). One GroupByKey group per shard file, written by one
+    TFRecordWriter: Beam's WriteToTFRecord costs more per record (checksums and compression in Python) and adds a
+    dozen transforms per split to the job; the staging directory's rename already makes the whole output atomic."""
 
     def __init__(self, tfrecord_dir: str, num_shards: int):
         super().__init__()
@@ -271,25 +295,26 @@ class WriteSplits(beam.PTransform):
         self.num_shards = num_shards
 
     def expand(self, examples):
-        parts = examples | "BySplit" >> beam.Partition(_by_split, len(SPLITS))
-        for split, part in zip(SPLITS, parts, strict=True):
-            _ = (
-                part
-                | f"Serialized{split.capitalize()}" >> beam.Map(lambda e: e.serialized)
-                | f"Write{split.capitalize()}"
-                >> beam.io.WriteToTFRecord(
-                    split_prefix(self.tfrecord_dir, split),
-                    file_name_suffix=TFRECORD_SUFFIX,
-                    num_shards=self.num_shards,
-                    compression_type=beam.io.filesystem.CompressionTypes.GZIP,
-                )
-            )
+        shards = [(split, shard) for split in range(len(SPLITS)) for shard in range(self.num_shards)]
+        every_shard = examples.pipeline | "EveryShard" >> beam.Create([(key, None) for key in shards])
+        _ = (
+            (examples | "KeyByShard" >> beam.Map(lambda e, n: (shard_key(e, n), e.serialized), self.num_shards),
+             every_shard)
+            | "WithEmptyShards" >> beam.Flatten()
+            | "GroupByShard" >> beam.GroupByKey()
+            | "WriteShard" >> beam.MapTuple(self._write_shard)
+        )  # fmt: skip
         return examples
+
+    def _write_shard(self, key: tuple[int, int], records) -> None:
+        split, shard = key
+        path = shard_path(self.tfrecord_dir, SPLITS[split], shard, self.num_shards)
+        write_tfrecords(path, (record for record in records if record is not None))
 
 
 def count_quarantined(entry: Quarantined) -> Quarantined:
-    beam.metrics.Metrics.counter("quarantine", f"quarantined_{entry.split}").inc()
-    beam.metrics.Metrics.counter("quarantine", f"reason_{entry.reason}").inc()
+    counter("quarantine", f"quarantined_{entry.split}").inc()
+    counter("quarantine", f"reason_{entry.reason}").inc()
     return entry
 
 
@@ -302,12 +327,14 @@ class WriteQuarantine(beam.PTransform):
 
     def expand(self, entries):
         counted = entries | "Count" >> beam.Map(count_quarantined)
-        parts = counted | "BySplit" >> beam.Partition(_by_split, len(SPLITS))
-        for split, part in zip(SPLITS, parts, strict=True):
-            _ = (
-                part
-                | f"Json{split.capitalize()}" >> beam.Map(Quarantined.to_json)
-                | f"Write{split.capitalize()}"
-                >> beam.io.WriteToText(quarantine_path(self.tfrecord_dir, split), num_shards=1, shard_name_template="")
-            )
+        every_split = entries.pipeline | "EverySplit" >> beam.Create([(split, None) for split in SPLITS])
+        _ = (
+            (counted | "KeyBySplit" >> beam.Map(lambda q: (q.split, q.to_json())), every_split)
+            | "WithEmptySplits" >> beam.Flatten()
+            | "GroupBySplit" >> beam.GroupByKey()
+            | "WriteSplit" >> beam.MapTuple(self._write_split)
+        )
         return counted
+
+    def _write_split(self, split: str, lines) -> None:
+        write_lines(quarantine_path(self.tfrecord_dir, split), [line for line in lines if line is not None])

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import types
-import zlib
 from collections import Counter
 
 from components.ingest import SPLITS
@@ -167,41 +166,19 @@ def _encode_fn_class():
 
 def _group_key(outcome, num_shards: int) -> tuple[int, int, int]:
     """Integer keys (hash-stable across worker processes): (0, split, shard) | (1, split, 0) | (2, 0, 0)."""
+    from components.preprocess import shard_key
+
     kind, value = outcome
     if kind == EXAMPLE:
-        return 0, SPLITS.index(value.split), zlib.crc32(value.serialized) % num_shards
+        return 0, *shard_key(value, num_shards)
     if kind == QUARANTINED:
         return 1, SPLITS.index(value.split), 0
     return 2, 0, 0
 
 
-def shard_path(staging: str, split: str, shard: int, num_shards: int) -> str:
-    from components.preprocess import TFRECORD_SUFFIX, split_prefix
-
-    return f"{split_prefix(staging, split)}-{shard:05d}-of-{num_shards:05d}{TFRECORD_SUFFIX}"
-
-
-def _write_tfrecords(path: str, serialized) -> None:
-    import tensorflow as tf
-
-    tf.io.gfile.makedirs(os.path.dirname(path))
-    with tf.io.TFRecordWriter(path, options="GZIP") as writer:
-        for record in serialized:
-            writer.write(record)
-
-
-def _write_lines(path: str, lines) -> None:
-    import tensorflow as tf
-
-    from components import fileio
-
-    tf.io.gfile.makedirs(os.path.dirname(path))
-    fileio.write_text(path, "".join(line + "\n" for line in lines))
-
-
 def _write_group(element, staging: str, num_shards: int, combine_fn) -> dict:
     """One GroupByKey group: a TFRecord shard or a split's quarantine file, written; → its counters + statistics."""
-    from components.preprocess import count_quarantined, quarantine_path
+    from components.preprocess import count_quarantined, quarantine_path, shard_path, write_lines, write_tfrecords
 
     (kind, split_index, shard), outcomes = element
     counters: Counter = Counter()
@@ -209,12 +186,12 @@ def _write_group(element, staging: str, num_shards: int, combine_fn) -> dict:
     values = [value for _, value in outcomes]
     if kind == 0:
         split = SPLITS[split_index]
-        _write_tfrecords(shard_path(staging, split, shard, num_shards), [e.serialized for e in values])
+        write_tfrecords(shard_path(staging, split, shard, num_shards), [e.serialized for e in values])
         for e in values:
             statistics = combine_fn.add_input(statistics, (e.split, e.serialized, e.width, e.height, e.nbytes))
     elif kind == 1:
         split = SPLITS[split_index]
-        _write_lines(quarantine_path(staging, split), [q.to_json() for q in values])
+        write_lines(quarantine_path(staging, split), [q.to_json() for q in values])
         for q in values:
             counters.update(counted(count_quarantined, q)[1])
             statistics = combine_fn.add_input(statistics, (q.split, q.reason))
@@ -228,7 +205,7 @@ def _finish(element, staging: str, num_shards: int, combine_fn) -> str:
     """All groups' results: the missing (empty) shards and quarantine files, statistics.json, the counters."""
     import tensorflow as tf
 
-    from components.preprocess import quarantine_path
+    from components.preprocess import quarantine_path, shard_path, write_lines, write_tfrecords
 
     _, parts = element
     counters: Counter = Counter()
@@ -240,9 +217,9 @@ def _finish(element, staging: str, num_shards: int, combine_fn) -> str:
     for split in SPLITS:  # Beam's sinks write every shard and an empty quarantine file for a split without entries
         for shard in range(num_shards):
             if not tf.io.gfile.exists(shard_path(staging, split, shard, num_shards)):
-                _write_tfrecords(shard_path(staging, split, shard, num_shards), [])
+                write_tfrecords(shard_path(staging, split, shard, num_shards), [])
         if not tf.io.gfile.exists(quarantine_path(staging, split)):
-            _write_lines(quarantine_path(staging, split), [])
+            write_lines(quarantine_path(staging, split), [])
     _write_json(combine_fn.extract_output(statistics), os.path.join(staging, "statistics.json"))
     _write_json(dict(counters), os.path.join(staging, COUNTERS_FILE))
     return staging
