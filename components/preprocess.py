@@ -15,6 +15,7 @@ proportions are a breed cue.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 
 import apache_beam as beam
 import tensorflow as tf
+from apache_beam.transforms.window import GlobalWindows
 
 from components import fileio
 from components.image_check import check_image, classify_decode_error
@@ -210,10 +212,10 @@ class EncodeExampleFn(beam.DoFn):
         self._to_example = ImageToExample(*self._core_args)
 
     def process(self, item: LabelledImage):
-        yield from self._outputs([item])
+        yield from self._outputs([item], self._to_example.encode_batch([item]))
 
-    def _outputs(self, items: list[LabelledImage]):
-        for item, outcome in zip(items, self._to_example.encode_batch(items), strict=True):
+    def _outputs(self, items: list[LabelledImage], outcomes: list[EncodedExample | Rejected]):
+        for item, outcome in zip(items, outcomes, strict=True):
             self._done += 1
             if self._done % PROGRESS_EVERY == 0:  # per worker: a long job shows it is moving
                 log.info("preprocess: %d images done by this worker", self._done)
@@ -229,10 +231,36 @@ class EncodeExampleFn(beam.DoFn):
 
 
 class EncodeBatchFn(EncodeExampleFn):
-    """EncodeExampleFn over a list of LabelledImage (from beam.BatchElements): one TensorFlow call per list."""
+    """EncodeExampleFn over lists of LabelledImage (from beam.BatchElements), one TensorFlow call per list, pipelined:
+    a list is encoded on a worker thread (TensorFlow releases the GIL while it decodes) while this thread reads and
+    checks the next one, and its outputs are emitted when the next list arrives or the bundle ends. (Not for Beam's
+    DaskRunner, which drops what finish_bundle emits: the Dask job uses EncodeExampleFn.process.)"""
+
+    def setup(self):
+        super().setup()
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="encode")
+        self._pending = None
+
+    def start_bundle(self):
+        self._pending = None
 
     def process(self, items: list[LabelledImage]):
-        yield from self._outputs(items)
+        previous, self._pending = self._pending, (items, self._executor.submit(self._to_example.encode_batch, items))
+        if previous is not None:
+            yield from self._outputs(previous[0], previous[1].result())
+
+    def finish_bundle(self):
+        if self._pending is None:
+            return
+        (items, future), self._pending = self._pending, None
+        for output in self._outputs(items, future.result()):
+            if isinstance(output, beam.pvalue.TaggedOutput):
+                yield beam.pvalue.TaggedOutput(output.tag, GlobalWindows.windowed_value(output.value))
+            else:
+                yield GlobalWindows.windowed_value(output)
+
+    def teardown(self):
+        self._executor.shutdown(wait=True)
 
 
 def split_prefix(tfrecord_dir: str, split: str) -> str:
