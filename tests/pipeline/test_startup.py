@@ -36,9 +36,13 @@ def _run_in_fresh_interpreter(argv: list[str]) -> tuple[dict, str]:
 
 
 @pytest.mark.slow  # one whole tiny run
-def test_nothing_to_do_is_decided_without_importing_tensorflow_or_beam(tiny_data, tmp_path):
+def test_nothing_to_do_is_decided_without_importing_tensorflow_or_beam(tiny_data, tmp_path, capsys):
     argv = ["run", "--data-dir", tiny_data, "--work-dir", str(tmp_path / "work"), *set_flags(SETTINGS)]
     assert main(argv) == 0
+    timed = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("seconds:"))
+    # The imports, made when the first work is computed, are an entry of their own, before the data stage's.
+    assert [part.split()[0] for part in timed[len("seconds:") :].split(",")] == [
+        "make-data", "imports", "ingest+preprocess", "train", "evaluate", "export", "smoke-query"]  # fmt: skip
 
     probe, out = _run_in_fresh_interpreter(argv)
     assert probe == {"code": 0, "imported": []}, out[-3000:]
